@@ -1,0 +1,241 @@
+"""Weight conversion from diffusers / transformers checkpoints (safetensors) into our Flax NNX modules.
+
+A conversion is declarative: an ordered table of :class:`Rule` (regex over the reference tensor name ->
+our dotted parameter path, plus a transform). The first rule whose pattern matches a reference name wins.
+Conversion is checked against ``nnx.eval_shape`` of our model: every reference tensor must be consumed (or
+explicitly ignored), every parameter must be filled exactly once, and every shape must agree. Any violation
+is a :class:`ConversionError` whose message names the tensor.
+
+Reading is pure numpy (bfloat16 through ml_dtypes): torch is never imported here.
+
+Paths: our parameters are addressed as dotted strings of the module tree, e.g.
+``down_blocks.0.resnets.1.conv1.kernel``. A target written ``stack.attn.kernel@3`` fills index 3 of the
+leading (``layers``) axis of a scanned block stack. A target ending in ``.weight`` resolves to whichever of
+``kernel`` / ``scale`` / ``embedding`` our module has at that place, so modules that mirror the reference
+names need no per-layer rules.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_dtypes
+import numpy as np
+from flax import nnx
+
+Transform = Callable[[np.ndarray], np.ndarray | tuple[np.ndarray, ...]]
+
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+
+
+class ConversionError(ValueError):
+    """A checkpoint does not fit the model it is loaded into; the message names the tensor or file."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Maps reference tensor names matching ``pattern`` onto our parameter path(s).
+
+    target: a ``re.sub`` template, or a tuple of templates when ``transform`` splits one tensor into several
+      (e.g. a fused qkv projection); transform: array -> array (or tuple); ``None`` picks the layout change
+      from the target's leaf name: ``kernel`` of rank 4 is OIHW -> HWIO, of rank 2 is (out, in) -> (in, out).
+    """
+
+    pattern: str
+    target: str | tuple[str, ...]
+    transform: Transform | None = None
+
+
+MIRROR = Rule(r"^(.*)$", r"\1")
+"""The catch-all rule: our module tree mirrors the reference names."""
+
+
+def auto_layout(array: np.ndarray, leaf: str) -> np.ndarray:
+    """PyTorch -> Flax layout for a tensor landing on parameter leaf ``leaf`` (kernel / scale / bias / ...)."""
+    if leaf == "kernel" and array.ndim == 4:
+        return np.transpose(array, (2, 3, 1, 0))
+    if leaf == "kernel" and array.ndim == 2:
+        return array.T
+    return array
+
+
+def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
+    """Reads a .safetensors file into numpy arrays (memory-mapped; bfloat16 kept as ml_dtypes.bfloat16)."""
+    path = Path(path)
+    with path.open("rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_len))
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_len)
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in _SAFETENSORS_DTYPES:
+            raise ConversionError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+        start, end = info["data_offsets"]
+        dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]])
+        tensors[name] = data[start:end].view(dtype).reshape(info["shape"])
+    return tensors
+
+
+def read_weights(folder: str | Path, *, what: str = "model") -> dict[str, np.ndarray]:
+    """All tensors of a diffusers / transformers model folder (single or sharded safetensors)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConversionError(
+            f"{what} folder {folder} does not exist; expected a diffusers/transformers folder with "
+            "config.json and *.safetensors"
+        )
+    indexes = sorted(folder.glob("*.safetensors.index.json"))
+    if indexes:
+        shard_names = sorted(set(json.loads(indexes[0].read_text())["weight_map"].values()))
+        files = [folder / name for name in shard_names]
+    else:
+        files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ConversionError(
+            f"no *.safetensors in {folder} ({what}); re-save the model with save_pretrained(..., "
+            "safe_serialization=True) or download the safetensors variant"
+        )
+    tensors: dict[str, np.ndarray] = {}
+    for file in files:
+        if not file.exists():
+            raise ConversionError(f"{file} is listed in the safetensors index but missing")
+        tensors.update(read_safetensors(file))
+    return tensors
+
+
+def read_config(folder: str | Path, name: str = "config.json") -> dict[str, Any]:
+    """The JSON config of a model folder, with a clear error when it is missing."""
+    path = Path(folder) / name
+    if not path.is_file():
+        raise ConversionError(f"missing {path}; expected a diffusers/transformers folder with {name}")
+    return json.loads(path.read_text())
+
+
+def _flat_paths(abstract_state: nnx.State) -> dict[str, jax.ShapeDtypeStruct]:
+    flat = {}
+    for keys, leaf in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(abstract_state))[0]:
+        flat[".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in keys)] = leaf
+    return flat
+
+
+def _resolve(target: str, params: Mapping[str, Any]) -> str:
+    path, _, index = target.partition("@")
+    if path.endswith(".weight") and path not in params:
+        stem = path[: -len(".weight")]
+        for leaf in ("kernel", "scale", "embedding"):
+            if f"{stem}.{leaf}" in params:
+                path = f"{stem}.{leaf}"
+                break
+    return f"{path}@{index}" if index else path
+
+
+def convert_tensors(
+    tensors: Mapping[str, np.ndarray],
+    rules: Sequence[Rule],
+    abstract_state: nnx.State,
+    *,
+    ignore: Iterable[str] = (),
+    source: str = "checkpoint",
+) -> nnx.State:
+    """Converts reference tensors into an ``nnx.State`` shaped like ``abstract_state``.
+
+    tensors: reference name -> array; rules: ordered, first match wins; ignore: regexes of reference names
+    that are deliberately dropped (e.g. buffers such as ``position_ids``); source: named in errors.
+    Returns a state with float arrays cast to each parameter's dtype.
+    """
+    params = _flat_paths(abstract_state)
+    ignore_res = [re.compile(p) for p in ignore]
+    compiled = [(re.compile(rule.pattern), rule) for rule in rules]
+    filled: dict[str, np.ndarray] = {}
+    stacked: dict[str, dict[int, np.ndarray]] = {}
+    for name, array in tensors.items():
+        if any(r.search(name) for r in ignore_res):
+            continue
+        match = next(((m, rule) for regex, rule in compiled if (m := regex.search(name))), None)
+        if match is None:
+            raise ConversionError(f"{source}: tensor {name} matches no conversion rule")
+        m, rule = match
+        templates = rule.target if isinstance(rule.target, tuple) else (rule.target,)
+        targets = [_resolve(m.expand(t), params) for t in templates]
+        array = np.asarray(array)
+        if rule.transform is not None:
+            outs = rule.transform(array)
+            outs = outs if isinstance(outs, tuple) else (outs,)
+        else:
+            outs = tuple(auto_layout(array, t.partition("@")[0].rsplit(".", 1)[-1]) for t in targets)
+        if len(outs) != len(targets):
+            raise ConversionError(f"{source}: rule for {name} gives {len(outs)} arrays for {len(targets)} targets")
+        for target, out in zip(targets, outs, strict=True):
+            path, _, index = target.partition("@")
+            if path not in params:
+                raise ConversionError(f"{source}: tensor {name} maps to {path}, which the model does not have")
+            expected = params[path].shape[1:] if index else params[path].shape
+            if tuple(out.shape) != tuple(expected):
+                raise ConversionError(
+                    f"{source}: tensor {name} has shape {tuple(out.shape)} after conversion but {path} "
+                    f"expects {tuple(expected)}"
+                )
+            if index:
+                slot = stacked.setdefault(path, {})
+                if int(index) in slot:
+                    raise ConversionError(f"{source}: {path}[{index}] is filled twice (second time by {name})")
+                slot[int(index)] = out
+            else:
+                if path in filled:
+                    raise ConversionError(f"{source}: {path} is filled twice (second time by {name})")
+                filled[path] = out
+    for path, slots in stacked.items():
+        depth = params[path].shape[0]
+        missing = sorted(set(range(depth)) - set(slots))
+        if missing:
+            raise ConversionError(f"{source}: {path} is missing layers {missing} of {depth}")
+        filled[path] = np.stack([slots[i] for i in range(depth)])
+    missing = sorted(set(params) - set(filled))
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ConversionError(f"{source}: parameter {missing[0]}{more} is not filled by any tensor")
+    return _unflatten_into(abstract_state, {p: a.astype(params[p].dtype) for p, a in filled.items()})
+
+
+def _unflatten_into(abstract_state: nnx.State, flat: Mapping[str, np.ndarray]) -> nnx.State:
+    def value_at(keys: tuple[Any, ...], _leaf: Any) -> jax.Array:
+        return jax.numpy.asarray(flat[".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in keys)])
+
+    pure = jax.tree_util.tree_map_with_path(value_at, nnx.to_pure_dict(abstract_state))
+    state = jax.tree.map(lambda x: x, abstract_state)
+    nnx.replace_by_pure_dict(state, pure)
+    return state
+
+
+def load_module(
+    make: Callable[[], nnx.Module],
+    tensors: Mapping[str, np.ndarray],
+    rules: Sequence[Rule] = (MIRROR,),
+    *,
+    ignore: Iterable[str] = (),
+    source: str = "checkpoint",
+) -> nnx.Module:
+    """Builds ``make()`` abstractly (no allocation), fills it from ``tensors`` and returns the module."""
+    abstract = nnx.eval_shape(make)
+    graphdef, abstract_state = nnx.split(abstract)
+    state = convert_tensors(tensors, rules, abstract_state, ignore=ignore, source=source)
+    return nnx.merge(graphdef, state)

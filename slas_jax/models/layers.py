@@ -1,0 +1,161 @@
+"""Shared Flax NNX layer constructors whose parameters carry logical axis names.
+
+Every backbone builds its Linear / Conv / norm layers through these helpers so that one table of
+logical-axis rules (``slas_jax.parallel``) maps all parameters onto a device mesh. Logical axis names used:
+
+- ``embed``: model width (activations' feature axis), ``mlp``: hidden width of feed-forward layers,
+- ``heads``: attention heads x head dim on projections, ``vocab``: token embeddings,
+- ``conv_in`` / ``conv_out``: convolution channels, ``norm``: norm scales and biases,
+- ``layers``: the stacked leading axis of scanned block stacks.
+
+Parameters are float32 by default; ``dtype`` is the compute dtype (e.g. bfloat16 on TPU).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Axes = tuple[str | None, ...]
+
+
+def with_axes(init: nnx.Initializer, axes: Axes) -> nnx.Initializer:
+    """Annotates an initializer with logical axis names (sharding applied later, not at creation)."""
+    return nnx.with_partitioning(init, axes, eager_sharding=False)
+
+
+def dense(
+    in_features: int,
+    out_features: int,
+    *,
+    rngs: nnx.Rngs,
+    axes: Axes = ("embed", "mlp"),
+    use_bias: bool = True,
+    dtype: jnp.dtype | None = None,
+    param_dtype: jnp.dtype = jnp.float32,
+    kernel_init: nnx.Initializer = nnx.initializers.lecun_normal(),
+) -> nnx.Linear:
+    """Linear layer; kernel (in, out) annotated with ``axes``, bias with ``axes[1]``."""
+    return nnx.Linear(
+        in_features,
+        out_features,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=with_axes(kernel_init, axes),
+        bias_init=with_axes(nnx.initializers.zeros_init(), (axes[1],)),
+        rngs=rngs,
+    )
+
+
+def conv(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    *,
+    rngs: nnx.Rngs,
+    stride: int = 1,
+    padding: int | str | None = None,
+    use_bias: bool = True,
+    dtype: jnp.dtype | None = None,
+    param_dtype: jnp.dtype = jnp.float32,
+) -> nnx.Conv:
+    """2-D convolution on NHWC inputs, kernel (kh, kw, in, out); padding defaults to PyTorch's k // 2."""
+    pad = kernel_size // 2 if padding is None else padding
+    pad_arg: str | Sequence[tuple[int, int]] = pad if isinstance(pad, str) else ((pad, pad), (pad, pad))
+    return nnx.Conv(
+        in_channels,
+        out_channels,
+        (kernel_size, kernel_size),
+        strides=stride,
+        padding=pad_arg,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=with_axes(nnx.initializers.lecun_normal(), (None, None, "conv_in", "conv_out")),
+        bias_init=with_axes(nnx.initializers.zeros_init(), ("conv_out",)),
+        rngs=rngs,
+    )
+
+
+def group_norm(
+    num_features: int,
+    num_groups: int,
+    *,
+    rngs: nnx.Rngs,
+    eps: float = 1e-5,
+    dtype: jnp.dtype | None = None,
+) -> nnx.GroupNorm:
+    """GroupNorm over the channel (last) axis with PyTorch's epsilon convention (variance + eps)."""
+    return nnx.GroupNorm(
+        num_features,
+        num_groups=num_groups,
+        epsilon=eps,
+        dtype=dtype,
+        use_fast_variance=False,
+        scale_init=with_axes(nnx.initializers.ones_init(), ("norm",)),
+        bias_init=with_axes(nnx.initializers.zeros_init(), ("norm",)),
+        rngs=rngs,
+    )
+
+
+def layer_norm(
+    num_features: int,
+    *,
+    rngs: nnx.Rngs,
+    eps: float = 1e-5,
+    use_scale: bool = True,
+    use_bias: bool = True,
+    dtype: jnp.dtype | None = None,
+) -> nnx.LayerNorm:
+    """LayerNorm over the last axis (elementwise affine optional, as in PyTorch)."""
+    return nnx.LayerNorm(
+        num_features,
+        epsilon=eps,
+        use_scale=use_scale,
+        use_bias=use_bias,
+        dtype=dtype,
+        use_fast_variance=False,
+        scale_init=with_axes(nnx.initializers.ones_init(), ("norm",)),
+        bias_init=with_axes(nnx.initializers.zeros_init(), ("norm",)),
+        rngs=rngs,
+    )
+
+
+def embed(
+    num_embeddings: int,
+    features: int,
+    *,
+    rngs: nnx.Rngs,
+    dtype: jnp.dtype | None = None,
+) -> nnx.Embed:
+    """Token / position embedding table (num_embeddings, features)."""
+    return nnx.Embed(
+        num_embeddings,
+        features,
+        dtype=dtype,
+        embedding_init=with_axes(nnx.initializers.normal(0.02), ("vocab", "embed")),
+        rngs=rngs,
+    )
+
+
+def attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, *, mask: jax.Array | None = None, bias: jax.Array | None = None
+) -> jax.Array:
+    """Scaled dot-product attention.
+
+    q: (batch, q_len, heads, head_dim), k/v: (batch, kv_len, heads, head_dim); mask broadcastable to
+    (batch, heads, q_len, kv_len), True where attention is allowed; bias added to the logits.
+    Returns (batch, q_len, heads, head_dim) in q's dtype; softmax runs in float32.
+    """
+    scale = q.shape[-1] ** -0.5
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
