@@ -1,0 +1,45 @@
+"""A programmatic reward for smoke runs: the brightness of the image region a prompt names.
+
+Prompts such as "bright top" carry a ``region`` index (see ``slas_jax.data.brightness``); the reward is the
+mean luminance of that region minus the mean luminance of the rest, in [-1, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+
+from slas_jax.rewards.registry import Reward, register
+
+REGIONS = ("top", "bottom", "left", "right", "centre")
+
+
+def region_masks(height: int, width: int) -> jax.Array:
+    """(len(REGIONS), h, w) float32 masks for top / bottom / left / right halves and the centre quarter."""
+    rows = jnp.arange(height)[:, None] * jnp.ones((1, width))
+    cols = jnp.ones((height, 1)) * jnp.arange(width)[None, :]
+    top = rows < height / 2
+    left = cols < width / 2
+    centre = (jnp.abs(rows - (height - 1) / 2) < height / 4) & (jnp.abs(cols - (width - 1) / 2) < width / 4)
+    return jnp.stack([top, ~top, left, ~left, centre]).astype(jnp.float32)
+
+
+def region_brightness(images: jax.Array, region: jax.Array) -> jax.Array:
+    """images: (b, h, w, 3) float32 in [0, 1]; region: (b,) int. Returns (b,) float32 in [-1, 1]."""
+    luminance = images @ jnp.array([0.299, 0.587, 0.114], images.dtype)
+    masks = region_masks(*luminance.shape[1:])[region]
+    inside = jnp.sum(luminance * masks, axis=(1, 2)) / jnp.sum(masks, axis=(1, 2))
+    outside = jnp.sum(luminance * (1 - masks), axis=(1, 2)) / jnp.sum(1 - masks, axis=(1, 2))
+    return inside - outside
+
+
+@register("brightness")
+def brightness_reward() -> Reward:
+    """Region brightness contrast; needs ``region`` (b,) int in the batch."""
+
+    def fn(_params: None, images: jax.Array, batch: Mapping[str, jax.Array]) -> jax.Array:
+        return region_brightness(images, batch["region"])
+
+    return Reward(fn=fn)
