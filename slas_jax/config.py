@@ -1,0 +1,307 @@
+"""Typed, validated run configuration.
+
+Config files are ml_collections ``get_config()`` modules (that is what ``--config configs/X.py`` means);
+at start-up the ConfigDict is turned into the frozen dataclasses below, which the code receives explicitly.
+Unknown keys, wrong types and bad values raise :class:`ConfigError` with one line naming the field and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from slas_jax.advantages import ADVANTAGE_METHODS
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or invalid; the message names the field."""
+
+
+def _require(ok: bool, name: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config.{name}: {message}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """The trainable backbone and its frozen companions.
+
+    family: "unet" (eps / v prediction, DDIM) or "flux" (velocity, flow SDE); checkpoint: a diffusers-format
+    folder, or None for a randomly initialised tiny model described by ``size``; dtype: compute dtype
+    ("float32" or "bfloat16"), parameters stay float32; remat: gradient checkpointing per block.
+    """
+
+    family: Literal["unet", "flux"] = "unet"
+    checkpoint: str | None = None
+    size: str = "tiny"
+    resolution: int = 16
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    remat: bool = False
+
+    def validate(self, name: str) -> None:
+        _require(self.resolution >= 8, f"{name}.resolution", f"must be >= 8, got {self.resolution}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplerConfig:
+    """The stochastic sampler used for rollouts and for re-scoring transitions.
+
+    name: "ddim" (eta), "flow_sde" (Flow-GRPO, noise_level a) or "dance_flow" (DanceGRPO FLUX, eta);
+    noise_level: eta or a; shift: flow time shift; guidance_scale: CFG (1 disables it);
+    same_noise_in_group: all samples of a prompt start from the same noise (DanceGRPO's init_same_noise).
+    """
+
+    name: Literal["ddim", "flow_sde", "dance_flow"] = "ddim"
+    num_steps: int = 10
+    noise_level: float = 1.0
+    shift: float = 1.0
+    guidance_scale: float = 1.0
+    same_noise_in_group: bool = False
+
+    def validate(self, name: str) -> None:
+        _require(self.num_steps >= 2, f"{name}.num_steps", f"must be >= 2, got {self.num_steps}")
+        _require(self.noise_level > 0, f"{name}.noise_level", "must be > 0 for a stochastic policy")
+        _require(self.shift > 0, f"{name}.shift", f"must be > 0, got {self.shift}")
+        _require(self.guidance_scale >= 1, f"{name}.guidance_scale", "must be >= 1 (1 disables CFG)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdvantageConfig:
+    """See ``slas_jax.advantages``: method in dance_grpo | mean_only | slas | flow_grpo."""
+
+    method: str = "slas"
+    gamma: float = 1.0
+    eps: float = 1e-6
+    adv_clip: float | None = 5.0
+    slas_normalize: Literal["after", "before"] = "after"
+
+    def validate(self, name: str) -> None:
+        _require(
+            self.method in ADVANTAGE_METHODS,
+            f"{name}.method",
+            f"unknown method {self.method!r}; choose one of {', '.join(sorted(ADVANTAGE_METHODS))}",
+        )
+        _require(self.gamma >= 0, f"{name}.gamma", f"must be >= 0, got {self.gamma}")
+        _require(self.eps > 0, f"{name}.eps", f"must be > 0, got {self.eps}")
+        _require(
+            self.adv_clip is None or self.adv_clip > 0,
+            f"{name}.adv_clip",
+            "must be > 0 or None (no clipping)",
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class LossConfig:
+    """Clipped surrogate with an optional KL penalty to the initial policy.
+
+    clip_range: PPO ratio clip (DanceGRPO 1e-4); kl_beta: weight of the Flow-GRPO KL term (0 disables it and
+    keeps no reference copy); timestep_fraction: fraction of the trainable steps each sample trains on;
+    exclude_last_steps: final transitions never trained (DanceGRPO SD trains all but the last).
+    """
+
+    clip_range: float = 1e-4
+    kl_beta: float = 0.0
+    timestep_fraction: float = 1.0
+    exclude_last_steps: int = 0
+
+    def validate(self, name: str) -> None:
+        _require(self.clip_range > 0, f"{name}.clip_range", f"must be > 0, got {self.clip_range}")
+        _require(self.kl_beta >= 0, f"{name}.kl_beta", f"must be >= 0, got {self.kl_beta}")
+        _require(0 < self.timestep_fraction <= 1, f"{name}.timestep_fraction", "must be in (0, 1]")
+        _require(self.exclude_last_steps >= 0, f"{name}.exclude_last_steps", "must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    """AdamW with global-norm gradient clipping."""
+
+    learning_rate: float = 1e-5
+    weight_decay: float = 1e-4
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+
+    def validate(self, name: str) -> None:
+        _require(self.learning_rate > 0, f"{name}.learning_rate", "must be > 0")
+        _require(self.weight_decay >= 0, f"{name}.weight_decay", "must be >= 0")
+        _require(self.grad_clip > 0, f"{name}.grad_clip", "must be > 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """The RL loop: ``prompts_per_step`` prompts x ``group_size`` samples per step.
+
+    Samples are split into optimizer updates of ``micro_batch_size x grad_accum_steps`` samples each.
+    """
+
+    num_steps: int = 20
+    prompts_per_step: int = 4
+    group_size: int = 8
+    micro_batch_size: int = 8
+    grad_accum_steps: int = 1
+    seed: int = 0
+    log_every: int = 1
+    eval_every: int = 10
+    checkpoint_every: int = 0
+    output_dir: str = "runs/default"
+
+    def validate(self, name: str) -> None:
+        _require(self.num_steps >= 1, f"{name}.num_steps", "must be >= 1")
+        _require(self.prompts_per_step >= 1, f"{name}.prompts_per_step", "must be >= 1")
+        _require(
+            self.group_size >= 2,
+            f"{name}.group_size",
+            f"must be >= 2 (group-relative advantages need at least two samples per prompt), got {self.group_size}",
+        )
+        _require(self.micro_batch_size >= 1, f"{name}.micro_batch_size", "must be >= 1")
+        _require(self.grad_accum_steps >= 1, f"{name}.grad_accum_steps", "must be >= 1")
+        samples = self.prompts_per_step * self.group_size
+        per_update = self.micro_batch_size * self.grad_accum_steps
+        _require(
+            samples % per_update == 0,
+            f"{name}.micro_batch_size",
+            f"micro_batch_size x grad_accum_steps = {per_update} must divide prompts_per_step x group_size "
+            f"= {samples}",
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class MeshConfig:
+    """Device mesh sizes; data=-1 takes every device left after fsdp x tensor."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+    def validate(self, name: str) -> None:
+        _require(self.data == -1 or self.data >= 1, f"{name}.data", "must be >= 1 or -1 (all devices)")
+        _require(self.fsdp >= 1 and self.tensor >= 1, f"{name}", "fsdp and tensor must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RewardConfig:
+    """The reward model by registry name, and its keyword options."""
+
+    name: str = "brightness"
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def validate(self, name: str) -> None:
+        from slas_jax.rewards import REWARDS
+
+        _require(
+            self.name in REWARDS,
+            f"{name}.name",
+            f"unknown reward {self.name!r}; choose one of {', '.join(sorted(REWARDS))}",
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Prompt source by registry name (e.g. "brightness", "shapes"), with its options."""
+
+    name: str = "brightness"
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def validate(self, name: str) -> None:
+        pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """A whole run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def validate(self, name: str = "") -> None:
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate(f.name)
+        _require(
+            self.loss.exclude_last_steps < self.sampler.num_steps,
+            "loss.exclude_last_steps",
+            f"must be < sampler.num_steps = {self.sampler.num_steps}",
+        )
+        flow_model = self.model.family == "flux"
+        flow_sampler = self.sampler.name in ("flow_sde", "dance_flow")
+        _require(
+            flow_model == flow_sampler,
+            "sampler.name",
+            f"{self.sampler.name!r} does not fit model.family={self.model.family!r}; use ddim with unet, "
+            "flow_sde or dance_flow with flux",
+        )
+
+
+def _coerce(value: Any, annotation: Any, name: str) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], name)
+    if origin is Literal:
+        _require(value in args, name, f"must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if annotation is float:
+        _require(
+            isinstance(value, int | float) and not isinstance(value, bool),
+            name,
+            f"must be a number, got {value!r}",
+        )
+        return float(value)
+    if annotation is int:
+        _require(
+            isinstance(value, int) and not isinstance(value, bool), name, f"must be an integer, got {value!r}"
+        )
+        return value
+    if annotation is bool:
+        _require(isinstance(value, bool), name, f"must be true or false, got {value!r}")
+        return value
+    if annotation is str:
+        _require(isinstance(value, str), name, f"must be a string, got {value!r}")
+        return value
+    if origin is not None and issubclass(origin, Mapping):
+        _require(isinstance(value, Mapping), name, f"must be a mapping, got {value!r}")
+        return types.MappingProxyType(dict(value))
+    if dataclasses.is_dataclass(annotation):
+        return from_mapping(annotation, value, name)
+    return value
+
+
+def from_mapping(cls: type, values: Any, prefix: str = "") -> Any:
+    """Builds dataclass ``cls`` from a (nested) mapping such as an ml_collections ConfigDict.
+
+    Missing keys take the dataclass defaults; unknown keys and bad values raise ConfigError.
+    """
+    if hasattr(values, "to_dict"):
+        values = values.to_dict()
+    _require(isinstance(values, Mapping), prefix or "config", f"must be a section (mapping), got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in known:
+            where = f"{prefix}.{key}" if prefix else key
+            raise ConfigError(f"config.{where}: unknown key; valid keys here are {', '.join(sorted(known))}")
+    kwargs = {
+        key: _coerce(value, hints[key], f"{prefix}.{key}" if prefix else key) for key, value in values.items()
+    }
+    return cls(**kwargs)
+
+
+def load_config(values: Any) -> Config:
+    """ConfigDict / mapping -> validated :class:`Config`."""
+    config = from_mapping(Config, values)
+    config.validate()
+    return config

@@ -1,0 +1,112 @@
+"""Whole sampling trajectories with log-probabilities, for a batch of prompts x group, under ``lax.scan``.
+
+The denoiser is any pure function ``denoise(params, x, t, cond) -> prediction`` with x: (batch, *latent),
+t: (batch,) float32 (the sampler's model time), cond: a pytree of arrays with leading axis batch.
+Classifier-free guidance runs the conditional and unconditional halves in one batched call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from slas_jax.samplers import Sampler
+
+Denoiser = Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
+
+
+class Trajectory(NamedTuple):
+    """Stored rollouts, batch-first.
+
+    latents: (batch, steps, *latent) x before each transition; next_latents: (batch, steps, *latent) x after;
+    log_probs: (batch, steps) float32; final: (batch, *latent) the clean sample.
+    """
+
+    latents: jax.Array
+    next_latents: jax.Array
+    log_probs: jax.Array
+    final: jax.Array
+
+
+def repeat_per_sample(tree: Any, group_size: int) -> Any:
+    """Repeats every leaf's leading (prompt) axis ``group_size`` times: (prompts, ...) -> (prompts*group, ...)."""
+    return jax.tree.map(lambda a: jnp.repeat(a, group_size, axis=0), tree)
+
+
+def guided_prediction(
+    denoise: Denoiser,
+    params: Any,
+    x: jax.Array,
+    t: jax.Array,
+    cond: Any,
+    uncond: Any,
+    guidance_scale: float,
+) -> jax.Array:
+    """CFG: uncond + s (cond - uncond), one batched call; plain conditional prediction when s == 1.
+
+    x: (batch, *latent); t: (batch,); cond / uncond: pytrees with leading axis batch.
+    """
+    if guidance_scale == 1.0:
+        return denoise(params, x, t, cond)
+    both = jax.tree.map(lambda u, c: jnp.concatenate([u, c]), uncond, cond)
+    pred = denoise(params, jnp.concatenate([x, x]), jnp.concatenate([t, t]), both)
+    pred_uncond, pred_cond = jnp.split(pred, 2)
+    return pred_uncond + guidance_scale * (pred_cond - pred_uncond)
+
+
+def initial_noise(
+    key: jax.Array, num_prompts: int, group_size: int, latent_shape: tuple[int, ...], *, same_in_group: bool
+) -> jax.Array:
+    """(prompts*group, *latent) float32 standard normal; one draw per prompt when ``same_in_group``."""
+    if same_in_group:
+        noise = jax.random.normal(key, (num_prompts, 1, *latent_shape))
+        noise = jnp.broadcast_to(noise, (num_prompts, group_size, *latent_shape))
+    else:
+        noise = jax.random.normal(key, (num_prompts, group_size, *latent_shape))
+    return noise.reshape(num_prompts * group_size, *latent_shape)
+
+
+def sample_trajectories(
+    denoise: Denoiser,
+    params: Any,
+    cond: Any,
+    uncond: Any,
+    key: jax.Array,
+    *,
+    sampler: Sampler,
+    latent_shape: tuple[int, ...],
+    group_size: int,
+    guidance_scale: float = 1.0,
+    same_noise_in_group: bool = False,
+    dtype: jnp.dtype = jnp.float32,
+) -> Trajectory:
+    """Samples ``group_size`` trajectories for each prompt.
+
+    cond: pytree with leading axis num_prompts; uncond: pytree with leading axis 1 (the empty prompt), used
+    only when guidance_scale != 1. Sample b belongs to prompt b // group_size.
+    """
+    num_prompts = jax.tree.leaves(cond)[0].shape[0]
+    batch = num_prompts * group_size
+    cond_b = repeat_per_sample(cond, group_size)
+    uncond_b = jax.tree.map(lambda a: jnp.broadcast_to(a, (batch, *a.shape[1:])), uncond)
+    noise_key, step_key = jax.random.split(key)
+    x0 = initial_noise(noise_key, num_prompts, group_size, latent_shape, same_in_group=same_noise_in_group)
+
+    def body(x, i):
+        t = jnp.broadcast_to(sampler.model_time(i), (batch,))
+        pred = guided_prediction(denoise, params, x, t, cond_b, uncond_b, guidance_scale)
+        x_next, log_prob, _, _ = sampler.step(pred, i, x, key=jax.random.fold_in(step_key, i))
+        return x_next, (x, x_next, log_prob)
+
+    final, (latents, next_latents, log_probs) = jax.lax.scan(
+        body, x0.astype(dtype), jnp.arange(sampler.num_steps)
+    )
+    return Trajectory(
+        latents=jnp.swapaxes(latents, 0, 1),
+        next_latents=jnp.swapaxes(next_latents, 0, 1),
+        log_probs=jnp.swapaxes(log_probs, 0, 1),
+        final=final,
+    )
