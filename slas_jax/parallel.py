@@ -70,11 +70,12 @@ def logical_to_spec(
 
 
 def state_shardings(state: nnx.State, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> nnx.State:
-    """NamedShardings for every leaf of an ``nnx.State`` from its ``out_sharding`` logical-axis metadata."""
+    """The tree of ``state`` with each leaf replaced by its NamedSharding, from the ``out_sharding``
+    logical-axis metadata of its Variable (same pytree structure, so it zips with the state)."""
 
-    def leaf_sharding(var: nnx.Variable) -> NamedSharding:
+    def leaf_sharding(var: nnx.Variable) -> nnx.Variable:
         axes = var.get_metadata().get("out_sharding")
-        return NamedSharding(mesh, logical_to_spec(axes, np.shape(var.get_value()), mesh, rules))
+        return var.replace(NamedSharding(mesh, logical_to_spec(axes, np.shape(var.get_value()), mesh, rules)))
 
     return jax.tree.map(leaf_sharding, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 

@@ -1,80 +1,11 @@
 """GRPO step properties: ratio 1 on the first inner update, zero KL at the reference, accumulation equals
 one large step, zero gradient for all-equal rewards, and the same update on meshes of 1, 2 and 8 devices."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import nnx
-
-from slas_jax import grpo, parallel
-from slas_jax.config import load_config
-from slas_jax.models import layers
-from slas_jax.samplers import DDIMSampler, ddim_timesteps, scaled_linear_alphas_cumprod
-
-
-class ConvDenoiser(nnx.Module):
-    """A minimal conditional denoiser: the engine's properties do not depend on the architecture."""
-
-    def __init__(self, rngs: nnx.Rngs):
-        self.conv_in = layers.conv(3, 16, 3, rngs=rngs)
-        self.time = layers.dense(1, 16, rngs=rngs)
-        self.text = layers.dense(4, 16, rngs=rngs)
-        self.conv_out = layers.conv(16, 3, 3, rngs=rngs)
-
-    def __call__(self, x, t, cond):
-        h = self.conv_in(x) + (self.time(t[:, None] / 1000.0) + self.text(cond))[:, None, None]
-        return self.conv_out(jax.nn.silu(h))
-
-
-GRAPHDEF, PARAMS = nnx.split(ConvDenoiser(nnx.Rngs(0)))
-TIMESTEPS, PREV = ddim_timesteps(6, 1000, steps_offset=1)
-SAMPLER = DDIMSampler(
-    alphas_cumprod=scaled_linear_alphas_cumprod(), timesteps=TIMESTEPS, prev_timesteps=PREV, eta=1.0
-)
-PIPELINE = grpo.Pipeline(
-    denoise=lambda p, x, t, c: nnx.merge(GRAPHDEF, p)(x, t, c),
-    encode=lambda frozen, batch: (batch["onehot"], jnp.zeros((1, 4))),
-    decode=lambda frozen, x: jnp.clip(x * 0.5 + 0.5, 0.0, 1.0),
-    sampler=SAMPLER,
-    latent_shape=(8, 8, 3),
-)
-
-
-def brightness(_frozen, images, _batch):
-    return images.mean(axis=(1, 2, 3))
-
-
-def run_step(overrides, *, devices=1, tx=None, reward=brightness, prompts=2, key=0, steps=1):
-    config = load_config(
-        {
-            "train": {
-                "prompts_per_step": prompts,
-                "group_size": 4,
-                "micro_batch_size": 8,
-                **overrides.get("train", {}),
-            },
-            "loss": {"timestep_fraction": 0.5, **overrides.get("loss", {})},
-            "sampler": {"num_steps": 6},
-        }
-    )
-    tx = tx or grpo.make_optimizer(config)
-    mesh = parallel.make_mesh(devices=jax.devices()[:devices])
-    state = grpo.init_train_state(jax.tree.map(jnp.copy, PARAMS), {}, tx, config)
-    shardings = grpo.state_shardings(state, parallel.state_shardings(PARAMS, mesh), {}, mesh)
-    state = jax.device_put(state, shardings)
-    batch = {"onehot": jnp.eye(4)[:prompts]}
-    step = grpo.jit_train_step(
-        grpo.make_train_step(PIPELINE, reward, tx, config, mesh), state, shardings, batch, mesh
-    )
-    for i in range(steps):
-        state, metrics = step(state, batch, jax.random.PRNGKey(key + i))
-    return state, metrics
-
-
-def flat(params):
-    return np.concatenate([np.ravel(x) for x in jax.tree.leaves(params)])
+from engine_harness import PARAMS, flat, run_step
 
 
 def test_first_inner_update_has_ratio_one():
@@ -87,7 +18,9 @@ def test_kl_is_zero_at_the_reference_and_grows_after():
     state, metrics = run_step({"train": {"micro_batch_size": 2}, "loss": {"kl_beta": 0.1}}, steps=2)
     assert abs(float(metrics["first_kl"])) > 0.0
     _, first = run_step({"train": {"micro_batch_size": 2}, "loss": {"kl_beta": 0.1}})
-    assert float(first["first_kl"]) == 0.0
+    assert abs(float(first["first_kl"])) < 1e-10, (
+        "policy == reference must give KL 0 (up to float32 fusion noise)"
+    )
     assert state.ref_params is not None
 
 
