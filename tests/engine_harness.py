@@ -39,6 +39,10 @@ PIPELINE = grpo.Pipeline(
 )
 
 
+MESH_TEST_OVERRIDES = {"train": {"group_size": 8, "micro_batch_size": 8}}
+"""One prompt whose 8-sample group spreads over all devices: group statistics must stay global."""
+
+
 def brightness(_frozen, images, _batch):
     return images.mean(axis=(1, 2, 3))
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from engine_harness import PARAMS, flat, run_step
+from engine_harness import MESH_TEST_OVERRIDES, PARAMS, flat, run_step
 
 
 def test_first_inner_update_has_ratio_one():
@@ -46,8 +46,7 @@ def test_all_equal_rewards_give_zero_policy_gradient():
 def test_same_update_on_1_2_and_8_devices(devices):
     """One prompt whose 8-sample group is spread over all devices: group statistics must stay global."""
     sgd = optax.sgd(1.0)
-    overrides = {"train": {"group_size": 8, "micro_batch_size": 8}}
-    ref, ref_metrics = run_step(overrides, tx=sgd, prompts=1)
-    out, metrics = run_step(overrides, tx=sgd, prompts=1, devices=devices)
+    ref, ref_metrics = run_step(MESH_TEST_OVERRIDES, tx=sgd, prompts=1)
+    out, metrics = run_step(MESH_TEST_OVERRIDES, tx=sgd, prompts=1, devices=devices)
     np.testing.assert_allclose(float(metrics["reward_mean"]), float(ref_metrics["reward_mean"]), rtol=1e-5)
     np.testing.assert_allclose(flat(out.params), flat(ref.params), rtol=1e-4, atol=2e-6)
