@@ -6,12 +6,12 @@ import sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 os.environ["JAX_PLATFORMS"] = "cpu"
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-from jax.experimental import multihost_utils  # noqa: E402
+import jax
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
 
-from slas_jax.parallel import initialize_distributed  # noqa: E402
+from slas_jax.parallel import initialize_distributed
 
 
 def main(process_id: int, port: str, out_path: str) -> None:

@@ -119,7 +119,7 @@ def numpy_flow_mean_std(v, sigma, sigma_next, x, a):
 @pytest.mark.parametrize(("sigma", "sigma_next"), [(1.0, 0.9), (0.7, 0.55), (0.2, 0.0)])
 def test_flow_sde_log_prob_matches_numpy_float64(data, sigma, sigma_next):
     x, v = data
-    out, lp, mean, std = flow_sde_step(v, sigma, sigma_next, x, noise_level=0.7, key=jax.random.key(0))
+    out, lp, mean, _ = flow_sde_step(v, sigma, sigma_next, x, noise_level=0.7, key=jax.random.key(0))
     ref_mean, ref_std = numpy_flow_mean_std(
         v.astype(np.float64), sigma, sigma_next, x.astype(np.float64), 0.7
     )
@@ -130,7 +130,7 @@ def test_flow_sde_log_prob_matches_numpy_float64(data, sigma, sigma_next):
 def test_dance_flow_log_prob_matches_numpy_float64(data):
     x, v = data
     sigma, sigma_next, eta = 0.8, 0.6, 0.3
-    out, lp, mean, std = dance_flow_step(v, sigma, sigma_next, x, eta=eta, key=jax.random.key(0))
+    out, lp, mean, _ = dance_flow_step(v, sigma, sigma_next, x, eta=eta, key=jax.random.key(0))
     x64, v64 = x.astype(np.float64), v.astype(np.float64)
     x0 = x64 - sigma * v64
     score = -(x64 - x0 * (1 - sigma)) / sigma**2
