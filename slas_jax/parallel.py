@@ -115,7 +115,8 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def initialize_distributed(coordinator_address: str | None, num_processes: int, process_id: int) -> None:
-    """Joins a multi-host run (no-op for a single process). On Cloud TPU pass None to auto-detect."""
-    if num_processes <= 1 and coordinator_address is None:
+    """Joins a multi-host run. With no coordinator address JAX auto-detects the cluster (Cloud TPU, SLURM)."""
+    if coordinator_address is None:
+        jax.distributed.initialize()
         return
     jax.distributed.initialize(coordinator_address, num_processes=num_processes, process_id=process_id)
