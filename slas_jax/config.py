@@ -31,16 +31,20 @@ class ModelConfig:
     """The trainable backbone and its frozen companions.
 
     family: "unet" (eps / v prediction, DDIM) or "flux" (velocity, flow SDE); checkpoint: a diffusers-format
-    folder, or None for a randomly initialised tiny model described by ``size``; dtype: compute dtype
-    ("float32" or "bfloat16"), parameters stay float32; remat: gradient checkpointing per block.
+    folder, or None for a randomly initialised model in pixel space (no VAE) built from ``architecture``
+    (backbone config fields) and ``text_architecture`` (text encoder config fields); resolution: image side
+    in pixels; dtype: compute dtype, parameters stay float32; remat: gradient checkpointing per block;
+    seed: initialisation of a random model.
     """
 
     family: Literal["unet", "flux"] = "unet"
     checkpoint: str | None = None
-    size: str = "tiny"
+    architecture: Mapping[str, Any] = field(default_factory=dict)
+    text_architecture: Mapping[str, Any] = field(default_factory=dict)
     resolution: int = 16
     dtype: Literal["float32", "bfloat16"] = "float32"
     remat: bool = False
+    seed: int = 0
 
     def validate(self, name: str) -> None:
         _require(self.resolution >= 8, f"{name}.resolution", f"must be >= 8, got {self.resolution}")
@@ -51,7 +55,8 @@ class SamplerConfig:
     """The stochastic sampler used for rollouts and for re-scoring transitions.
 
     name: "ddim" (eta), "flow_sde" (Flow-GRPO, noise_level a) or "dance_flow" (DanceGRPO FLUX, eta);
-    noise_level: eta or a; shift: flow time shift; guidance_scale: CFG (1 disables it);
+    noise_level: eta or a; shift: flow time shift; guidance_scale: CFG (1 disables it) against
+    ``negative_prompt``;
     same_noise_in_group: all samples of a prompt start from the same noise (DanceGRPO's init_same_noise).
     """
 
@@ -60,6 +65,7 @@ class SamplerConfig:
     noise_level: float = 1.0
     shift: float = 1.0
     guidance_scale: float = 1.0
+    negative_prompt: str = ""
     same_noise_in_group: bool = False
 
     def validate(self, name: str) -> None:
