@@ -14,12 +14,16 @@ Parameters are float32 by default; ``dtype`` is the compute dtype (e.g. bfloat16
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 Axes = tuple[str | None, ...]
+
+_LECUN_NORMAL = nnx.initializers.lecun_normal()
+_NORMAL_002 = nnx.initializers.normal(0.02)
 
 
 def with_axes(init: nnx.Initializer, axes: Axes) -> nnx.Initializer:
@@ -36,7 +40,7 @@ def dense(
     use_bias: bool = True,
     dtype: jnp.dtype | None = None,
     param_dtype: jnp.dtype = jnp.float32,
-    kernel_init: nnx.Initializer = nnx.initializers.lecun_normal(),
+    kernel_init: nnx.Initializer = _LECUN_NORMAL,
 ) -> nnx.Linear:
     """Linear layer; kernel (in, out) annotated with ``axes``, bias with ``axes[1]``."""
     return nnx.Linear(
@@ -140,6 +144,27 @@ def embed(
         embedding_init=with_axes(nnx.initializers.normal(0.02), ("vocab", "embed")),
         rngs=rngs,
     )
+
+
+def param(
+    shape: Sequence[int],
+    axes: Axes,
+    *,
+    rngs: nnx.Rngs,
+    init: nnx.Initializer = _NORMAL_002,
+    param_dtype: jnp.dtype = jnp.float32,
+) -> nnx.Param:
+    """A free-standing parameter of ``shape`` annotated with ``axes`` (e.g. CLIP's class embedding)."""
+    return nnx.Param(with_axes(init, axes)(rngs.params(), tuple(shape), param_dtype))
+
+
+def remat_call(module: nnx.Module, *args: Any, enabled: bool) -> Any:
+    """``module(*args)``; when ``enabled``, under ``nnx.remat`` so its activations are recomputed in the
+    backward pass instead of stored (gradient checkpointing per block). Pass arrays positionally: closing
+    over them would hide them from the rematerialisation boundary."""
+    if not enabled:
+        return module(*args)
+    return nnx.remat(lambda m, *a: m(*a))(module, *args)
 
 
 def attention(

@@ -1,0 +1,749 @@
+"""The Stable Diffusion 1.x / 2.x denoiser (diffusers ``UNet2DConditionModel``) in Flax NNX.
+
+Activations are NHWC. The module tree mirrors diffusers' attribute names (``down_blocks.0.attentions.1.
+transformer_blocks.0.attn2.to_k``...) so that a diffusers checkpoint converts through
+:data:`CONVERSION_RULES` with one rename (the feed-forward's ``net.0`` / ``net.2``). The building blocks
+(:class:`ResnetBlock2D`, :class:`Attention`, :class:`Downsample2D`, :class:`Upsample2D`) are reused by the VAE.
+
+Supported: the SD1.x / SD2.x family (``CrossAttnDownBlock2D`` / ``DownBlock2D`` down blocks,
+``UNetMidBlock2DCrossAttn``, ``CrossAttnUpBlock2D`` / ``UpBlock2D`` up blocks, conv or linear projections
+in the transformers, per-block head counts and transformer depths). Anything else in a config.json (class
+embeddings, added conditions, other block types) is refused by :meth:`UNetConfig.from_dict`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from slas_jax.models import convert, layers
+from slas_jax.models.convert import ConversionError, Rule
+
+DOWN_BLOCK_TYPES = ("CrossAttnDownBlock2D", "DownBlock2D")
+UP_BLOCK_TYPES = ("CrossAttnUpBlock2D", "UpBlock2D")
+
+# diffusers config keys whose only supported value is their default; anything else fails loudly rather
+# than building a different network than the checkpoint's.
+_UNSUPPORTED_UNLESS_DEFAULT: dict[str, Any] = {
+    "center_input_sample": False,
+    "mid_block_type": "UNetMidBlock2DCrossAttn",
+    "only_cross_attention": False,
+    "mid_block_only_cross_attention": None,
+    "dropout": 0.0,
+    "act_fn": "silu",
+    "num_attention_heads": None,
+    "reverse_transformer_layers_per_block": None,
+    "encoder_hid_dim": None,
+    "encoder_hid_dim_type": None,
+    "dual_cross_attention": False,
+    "class_embed_type": None,
+    "num_class_embeds": None,
+    "class_embeddings_concat": False,
+    "projection_class_embeddings_input_dim": None,
+    "addition_embed_type": None,
+    "addition_time_embed_dim": None,
+    "resnet_time_scale_shift": "default",
+    "resnet_skip_time_act": False,
+    "resnet_out_scale_factor": 1.0,
+    "time_embedding_type": "positional",
+    "time_embedding_act_fn": None,
+    "timestep_post_act": None,
+    "time_cond_proj_dim": None,
+    "attention_type": "default",
+    "cross_attention_norm": None,
+}
+
+
+def _per_block(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
+    """diffusers' "int or one value per down block" convention, as a tuple of length ``n``."""
+    values = (value,) * n if isinstance(value, int) else tuple(value)
+    if len(values) != n or not all(isinstance(v, int) for v in values):
+        raise ValueError(f"UNetConfig.{name} must be an int or {n} ints (one per down block), got {value!r}")
+    return values
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class UNetConfig:
+    """Architecture of a :class:`UNet2DConditionModel` (field names follow diffusers' config.json).
+
+    Per-block fields accept an int (same for every block) or one value per down block; they are stored as
+    tuples indexed like ``down_block_types`` (up blocks use them reversed, as diffusers does).
+    """
+
+    sample_size: int = 64
+    """Latent side length the model was trained at (informational: any size divisible by 8 works)."""
+    in_channels: int = 4
+    out_channels: int = 4
+    flip_sin_to_cos: bool = True
+    """Timestep embedding order: cos then sin when True (SD), sin then cos when False."""
+    freq_shift: int = 0
+    """``downscale_freq_shift`` of the sinusoidal timestep embedding."""
+    down_block_types: tuple[str, ...] = (
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "DownBlock2D",
+    )
+    up_block_types: tuple[str, ...] = (
+        "UpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+    )
+    block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
+    layers_per_block: int | tuple[int, ...] = 2
+    """Resnets per down block (up blocks have one more)."""
+    transformer_layers_per_block: int | tuple[int, ...] = 1
+    """BasicTransformerBlocks inside each Transformer2DModel of a block."""
+    num_attention_heads: int | tuple[int, ...] = 8
+    """Heads per block. diffusers stores this under the key ``attention_head_dim`` (a historical misnomer it
+    keeps for compatibility: for this model it is the number of heads, head dim = channels // heads)."""
+    cross_attention_dim: int | tuple[int, ...] = 768
+    use_linear_projection: bool = False
+    """Transformer2DModel proj_in / proj_out as Linear (SD2) instead of 1x1 Conv (SD1)."""
+    downsample_padding: int = 1
+    mid_block_scale_factor: float = 1.0
+    norm_num_groups: int = 32
+    norm_eps: float = 1e-5
+    conv_in_kernel: int = 3
+    conv_out_kernel: int = 3
+    time_embedding_dim: int | None = None
+    """Width of the timestep embedding MLP; None: 4 x block_out_channels[0]."""
+    prediction_type: str = "epsilon"
+    """What the output means: "epsilon" (noise) or "v_prediction". The sampler interprets it."""
+    dtype: Any = jnp.float32
+    """Compute dtype (parameters stay float32; the output is returned in float32)."""
+    remat: bool = False
+    """Gradient checkpointing: recompute each resnet and transformer block in the backward pass."""
+
+    def __post_init__(self) -> None:
+        n = len(self.down_block_types)
+        for name in (
+            "layers_per_block",
+            "transformer_layers_per_block",
+            "num_attention_heads",
+            "cross_attention_dim",
+        ):
+            object.__setattr__(self, name, _per_block(getattr(self, name), n, name))
+        for name in ("down_block_types", "up_block_types", "block_out_channels"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if len(self.up_block_types) != n or len(self.block_out_channels) != n:
+            raise ValueError(
+                f"UNetConfig: down_block_types, up_block_types and block_out_channels need the same length, got "
+                f"{n}, {len(self.up_block_types)}, {len(self.block_out_channels)}"
+            )
+        bad = [t for t in self.down_block_types if t not in DOWN_BLOCK_TYPES] + [
+            t for t in self.up_block_types if t not in UP_BLOCK_TYPES
+        ]
+        if bad:
+            raise ValueError(
+                f"UNetConfig: block type {bad[0]!r} is not supported (down: {DOWN_BLOCK_TYPES}, up: {UP_BLOCK_TYPES})"
+            )
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(
+                f"UNetConfig.prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}"
+            )
+
+    @property
+    def time_embed_dim(self) -> int:
+        return self.time_embedding_dim or 4 * self.block_out_channels[0]
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any], **overrides: Any) -> UNetConfig:
+        """Reads a diffusers ``unet/config.json`` dict; ``overrides`` set our own fields (dtype, remat,
+        prediction_type, which lives in the scheduler's config). Unsupported settings raise ConversionError."""
+        for key, default in _UNSUPPORTED_UNLESS_DEFAULT.items():
+            value = config.get(key, default)
+            if isinstance(value, list) and key == "only_cross_attention" and not any(value):
+                continue
+            if value != default:
+                raise ConversionError(f"unet config: {key}={value!r} is not supported (only {default!r})")
+        if config.get("norm_num_groups", 32) is None:
+            raise ConversionError("unet config: norm_num_groups=None is not supported")
+        # Our field names are diffusers' keys, except num_attention_heads (see its docstring) and the
+        # runtime-only dtype / remat.
+        keys = [
+            f.name for f in dataclasses.fields(cls) if f.name not in ("num_attention_heads", "dtype", "remat")
+        ]
+        kwargs = {k: config[k] for k in keys if k in config}
+        if "attention_head_dim" in config:
+            kwargs["num_attention_heads"] = config["attention_head_dim"]
+        for key in ("down_block_types", "up_block_types", "block_out_channels"):
+            if key in kwargs:
+                kwargs[key] = tuple(kwargs[key])
+        try:
+            return cls(**{**kwargs, **overrides})
+        except ValueError as e:
+            raise ConversionError(f"unet config: {e}") from e
+
+
+def sd14(**overrides: Any) -> UNetConfig:
+    """CompVis/stable-diffusion-v1-4 ``unet/config.json`` (860M parameters, epsilon prediction)."""
+    return UNetConfig(**overrides)
+
+
+def sd15(**overrides: Any) -> UNetConfig:
+    """Stable Diffusion v1.5: the SD1.4 architecture."""
+    return UNetConfig(**overrides)
+
+
+def sd21(**overrides: Any) -> UNetConfig:
+    """stabilityai/stable-diffusion-2-1 (768 px, v-prediction, OpenCLIP-H text features of width 1024)."""
+    return UNetConfig(
+        **{
+            "sample_size": 96,
+            "num_attention_heads": (5, 10, 20, 20),
+            "cross_attention_dim": 1024,
+            "use_linear_projection": True,
+            "prediction_type": "v_prediction",
+            **overrides,
+        }
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Building blocks (shared with the VAE).
+
+
+def timestep_embedding(
+    timesteps: jax.Array, dim: int, *, flip_sin_to_cos: bool, freq_shift: float, max_period: float = 10000.0
+) -> jax.Array:
+    """Sinusoidal embedding of (possibly fractional) timesteps, as diffusers' ``get_timestep_embedding``.
+
+    timesteps: (batch,) -> (batch, dim) float32.
+    """
+    half = dim // 2
+    exponent = -math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - freq_shift)
+    angles = timesteps.astype(jnp.float32)[:, None] * jnp.exp(exponent)[None, :]
+    emb = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+    if flip_sin_to_cos:
+        emb = jnp.concatenate([emb[:, half:], emb[:, :half]], axis=-1)
+    if dim % 2:
+        emb = jnp.pad(emb, ((0, 0), (0, 1)))
+    return emb
+
+
+class TimestepEmbedding(nnx.Module):
+    """Linear -> SiLU -> Linear on the sinusoidal embedding."""
+
+    def __init__(self, in_features: int, dim: int, *, rngs: nnx.Rngs, dtype: Any = jnp.float32):
+        self.linear_1 = layers.dense(in_features, dim, rngs=rngs, dtype=dtype)
+        self.linear_2 = layers.dense(dim, dim, rngs=rngs, axes=("mlp", "embed"), dtype=dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: (batch, in_features) -> (batch, dim)."""
+        return self.linear_2(jax.nn.silu(self.linear_1(x)))
+
+
+class ResnetBlock2D(nnx.Module):
+    """GroupNorm -> SiLU -> Conv -> (+ time embedding) -> GroupNorm -> SiLU -> Conv, plus a (1x1 conv) skip.
+
+    ``temb_channels=None`` builds the unconditioned variant used by the VAE.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        temb_channels: int | None,
+        groups: int,
+        eps: float,
+        output_scale_factor: float = 1.0,
+        rngs: nnx.Rngs,
+        dtype: Any = jnp.float32,
+    ):
+        self.output_scale_factor = output_scale_factor
+        self.norm1 = layers.group_norm(in_channels, groups, eps=eps, rngs=rngs, dtype=dtype)
+        self.conv1 = layers.conv(in_channels, out_channels, 3, rngs=rngs, dtype=dtype)
+        self.time_emb_proj = (
+            layers.dense(temb_channels, out_channels, rngs=rngs, axes=("embed", "conv_out"), dtype=dtype)
+            if temb_channels is not None
+            else None
+        )
+        self.norm2 = layers.group_norm(out_channels, groups, eps=eps, rngs=rngs, dtype=dtype)
+        self.conv2 = layers.conv(out_channels, out_channels, 3, rngs=rngs, dtype=dtype)
+        self.conv_shortcut = (
+            layers.conv(in_channels, out_channels, 1, rngs=rngs, dtype=dtype)
+            if in_channels != out_channels
+            else None
+        )
+
+    def __call__(self, x: jax.Array, temb: jax.Array | None = None) -> jax.Array:
+        """x: (batch, h, w, in_channels), temb: (batch, temb_channels) -> (batch, h, w, out_channels)."""
+        h = self.conv1(jax.nn.silu(self.norm1(x)))
+        if self.time_emb_proj is not None:
+            h = h + self.time_emb_proj(jax.nn.silu(temb))[:, None, None, :]
+        h = self.conv2(jax.nn.silu(self.norm2(h)))
+        skip = self.conv_shortcut(x) if self.conv_shortcut is not None else x
+        return (skip + h) / self.output_scale_factor
+
+
+class Downsample2D(nnx.Module):
+    """Stride-2 3x3 conv. ``padding=0`` pads only bottom/right by one (the VAE encoder's convention)."""
+
+    def __init__(self, channels: int, *, padding: int, rngs: nnx.Rngs, dtype: Any = jnp.float32):
+        self.padding = padding
+        self.conv = layers.conv(channels, channels, 3, stride=2, padding=padding, rngs=rngs, dtype=dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: (batch, h, w, c) -> (batch, ceil(h / 2), ceil(w / 2), c)."""
+        if self.padding == 0:
+            x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+        return self.conv(x)
+
+
+def upsample_nearest(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """Nearest-neighbour resize as PyTorch's ``F.interpolate(mode="nearest")``: source index floor(i * in / out).
+
+    x: (batch, h, w, c) -> (batch, size[0], size[1], c).
+    """
+    rows = (jnp.arange(size[0]) * x.shape[1]) // size[0]
+    cols = (jnp.arange(size[1]) * x.shape[2]) // size[1]
+    return x[:, rows][:, :, cols]
+
+
+class Upsample2D(nnx.Module):
+    """Nearest-neighbour upsampling (x2, or to an explicit size) followed by a 3x3 conv."""
+
+    def __init__(self, channels: int, *, rngs: nnx.Rngs, dtype: Any = jnp.float32):
+        self.conv = layers.conv(channels, channels, 3, rngs=rngs, dtype=dtype)
+
+    def __call__(self, x: jax.Array, size: tuple[int, int] | None = None) -> jax.Array:
+        """x: (batch, h, w, c) -> (batch, 2h, 2w, c), or (batch, *size, c) when ``size`` is given (the UNet
+        passes the skip connection's size so that odd latent sizes round-trip)."""
+        size = (2 * x.shape[1], 2 * x.shape[2]) if size is None else size
+        return self.conv(upsample_nearest(x, size))
+
+
+class Attention(nnx.Module):
+    """Multi-head attention as diffusers' ``Attention`` (to_q / to_k / to_v / to_out.0).
+
+    Self-attention when ``cross_attention_dim`` is None. ``norm_num_groups`` adds the GroupNorm that the VAE's
+    mid-block attention applies to its input tokens.
+    """
+
+    def __init__(
+        self,
+        query_dim: int,
+        *,
+        heads: int,
+        dim_head: int,
+        cross_attention_dim: int | None = None,
+        bias: bool = False,
+        norm_num_groups: int | None = None,
+        eps: float = 1e-5,
+        rngs: nnx.Rngs,
+        dtype: Any = jnp.float32,
+    ):
+        inner = heads * dim_head
+        context_dim = cross_attention_dim or query_dim
+        self.heads = heads
+        self.group_norm = (
+            layers.group_norm(query_dim, norm_num_groups, eps=eps, rngs=rngs, dtype=dtype)
+            if norm_num_groups is not None
+            else None
+        )
+        qkv_axes = ("embed", "heads")
+        self.to_q = layers.dense(query_dim, inner, rngs=rngs, axes=qkv_axes, use_bias=bias, dtype=dtype)
+        self.to_k = layers.dense(context_dim, inner, rngs=rngs, axes=qkv_axes, use_bias=bias, dtype=dtype)
+        self.to_v = layers.dense(context_dim, inner, rngs=rngs, axes=qkv_axes, use_bias=bias, dtype=dtype)
+        # A list so that the parameter path is diffusers' `to_out.0` (its `to_out.1` is a parameter-free dropout).
+        self.to_out = nnx.List(
+            [layers.dense(inner, query_dim, rngs=rngs, axes=("heads", "embed"), dtype=dtype)]
+        )
+
+    def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
+        """x: (batch, n, query_dim), context: (batch, m, cross_attention_dim) or None -> (batch, n, query_dim)."""
+        if self.group_norm is not None:
+            x = self.group_norm(x)
+        context = x if context is None else context
+
+        def split_heads(t: jax.Array) -> jax.Array:
+            return t.reshape(*t.shape[:-1], self.heads, t.shape[-1] // self.heads)
+
+        out = layers.attention(
+            split_heads(self.to_q(x)), split_heads(self.to_k(context)), split_heads(self.to_v(context))
+        )
+        return self.to_out[0](out.reshape(*out.shape[:-2], -1))
+
+
+class GEGLU(nnx.Module):
+    """Linear to twice the width, then value * GELU(gate) (exact erf GELU, as torch's default)."""
+
+    def __init__(self, dim_in: int, dim_out: int, *, rngs: nnx.Rngs, dtype: Any = jnp.float32):
+        self.proj = layers.dense(dim_in, 2 * dim_out, rngs=rngs, dtype=dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: (..., dim_in) -> (..., dim_out)."""
+        value, gate = jnp.split(self.proj(x), 2, axis=-1)
+        return value * jax.nn.gelu(gate, approximate=False)
+
+
+class FeedForward(nnx.Module):
+    """GEGLU to 4x width, then Linear back (diffusers' ``net.0`` / ``net.2``, renamed by CONVERSION_RULES)."""
+
+    def __init__(self, dim: int, *, rngs: nnx.Rngs, dtype: Any = jnp.float32):
+        self.geglu = GEGLU(dim, 4 * dim, rngs=rngs, dtype=dtype)
+        self.proj_out = layers.dense(4 * dim, dim, rngs=rngs, axes=("mlp", "embed"), dtype=dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: (..., dim) -> (..., dim)."""
+        return self.proj_out(self.geglu(x))
+
+
+class BasicTransformerBlock(nnx.Module):
+    """Pre-LayerNorm self-attention, cross-attention to the text, and GEGLU feed-forward, each residual."""
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        heads: int,
+        dim_head: int,
+        cross_attention_dim: int,
+        rngs: nnx.Rngs,
+        dtype: Any = jnp.float32,
+    ):
+        self.norm1 = layers.layer_norm(dim, rngs=rngs, dtype=dtype)
+        self.attn1 = Attention(dim, heads=heads, dim_head=dim_head, rngs=rngs, dtype=dtype)
+        self.norm2 = layers.layer_norm(dim, rngs=rngs, dtype=dtype)
+        self.attn2 = Attention(
+            dim,
+            heads=heads,
+            dim_head=dim_head,
+            cross_attention_dim=cross_attention_dim,
+            rngs=rngs,
+            dtype=dtype,
+        )
+        self.norm3 = layers.layer_norm(dim, rngs=rngs, dtype=dtype)
+        self.ff = FeedForward(dim, rngs=rngs, dtype=dtype)
+
+    def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
+        """x: (batch, tokens, dim), context: (batch, seq, cross_attention_dim) -> (batch, tokens, dim)."""
+        x = x + self.attn1(self.norm1(x))
+        x = x + self.attn2(self.norm2(x), context)
+        return x + self.ff(self.norm3(x))
+
+
+class Transformer2DModel(nnx.Module):
+    """GroupNorm -> proj_in -> BasicTransformerBlocks over the h*w tokens -> proj_out, plus the input."""
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        heads: int,
+        num_layers: int,
+        cross_attention_dim: int,
+        groups: int,
+        use_linear_projection: bool,
+        remat: bool,
+        rngs: nnx.Rngs,
+        dtype: Any = jnp.float32,
+    ):
+        self.remat = remat
+        self.norm = layers.group_norm(channels, groups, eps=1e-6, rngs=rngs, dtype=dtype)
+        # A 1x1 conv and a Linear are the same map on NHWC; only the checkpoint's kernel layout differs.
+        if use_linear_projection:
+            self.proj_in = layers.dense(channels, channels, rngs=rngs, axes=("embed", "heads"), dtype=dtype)
+            self.proj_out = layers.dense(channels, channels, rngs=rngs, axes=("heads", "embed"), dtype=dtype)
+        else:
+            self.proj_in = layers.conv(channels, channels, 1, rngs=rngs, dtype=dtype)
+            self.proj_out = layers.conv(channels, channels, 1, rngs=rngs, dtype=dtype)
+        self.transformer_blocks = nnx.List(
+            [
+                BasicTransformerBlock(
+                    channels,
+                    heads=heads,
+                    dim_head=channels // heads,
+                    cross_attention_dim=cross_attention_dim,
+                    rngs=rngs,
+                    dtype=dtype,
+                )
+                for _ in range(num_layers)
+            ]
+        )
+
+    def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
+        """x: (batch, h, w, c), context: (batch, seq, cross_attention_dim) -> (batch, h, w, c)."""
+        b, h, w, c = x.shape
+        tokens = self.proj_in(self.norm(x)).reshape(b, h * w, c)
+        for block in self.transformer_blocks:
+            tokens = layers.remat_call(block, tokens, context, enabled=self.remat)
+        return self.proj_out(tokens.reshape(b, h, w, c)) + x
+
+
+# --------------------------------------------------------------------------------------------------------------
+# UNet blocks.
+
+
+class _UNetBlockArgs:
+    """What every block of one UNet shares (keeps the block constructors' signatures short)."""
+
+    def __init__(self, config: UNetConfig, rngs: nnx.Rngs):
+        self.config = config
+        self.rngs = rngs
+
+    def resnet(self, in_channels: int, out_channels: int, output_scale_factor: float = 1.0) -> ResnetBlock2D:
+        c = self.config
+        return ResnetBlock2D(
+            in_channels,
+            out_channels,
+            temb_channels=c.time_embed_dim,
+            groups=c.norm_num_groups,
+            eps=c.norm_eps,
+            output_scale_factor=output_scale_factor,
+            rngs=self.rngs,
+            dtype=c.dtype,
+        )
+
+    def transformer(self, channels: int, block: int) -> Transformer2DModel:
+        """The Transformer2DModel of down block ``block`` (up blocks pass their mirrored index)."""
+        c = self.config
+        return Transformer2DModel(
+            channels,
+            heads=c.num_attention_heads[block],
+            num_layers=c.transformer_layers_per_block[block],
+            cross_attention_dim=c.cross_attention_dim[block],
+            groups=c.norm_num_groups,
+            use_linear_projection=c.use_linear_projection,
+            remat=c.remat,
+            rngs=self.rngs,
+            dtype=c.dtype,
+        )
+
+
+class DownBlock2D(nnx.Module):
+    """Resnets, each optionally followed by a Transformer2DModel (CrossAttnDownBlock2D), then a downsample."""
+
+    def __init__(
+        self, args: _UNetBlockArgs, index: int, in_channels: int, out_channels: int, *, cross_attention: bool
+    ):
+        c = args.config
+        n = c.layers_per_block[index]
+        self.remat = c.remat
+        self.resnets = nnx.List(
+            [args.resnet(in_channels if i == 0 else out_channels, out_channels) for i in range(n)]
+        )
+        self.attentions = (
+            nnx.List([args.transformer(out_channels, index) for _ in range(n)]) if cross_attention else None
+        )
+        is_last = index == len(c.block_out_channels) - 1
+        self.downsamplers = (
+            None
+            if is_last
+            else nnx.List(
+                [Downsample2D(out_channels, padding=c.downsample_padding, rngs=args.rngs, dtype=c.dtype)]
+            )
+        )
+
+    def __call__(
+        self, x: jax.Array, temb: jax.Array, context: jax.Array
+    ) -> tuple[jax.Array, list[jax.Array]]:
+        """x: (batch, h, w, c_in) -> (batch, h', w', c_out) and the skip activations for the up path."""
+        skips = []
+        for i, resnet in enumerate(self.resnets):
+            x = layers.remat_call(resnet, x, temb, enabled=self.remat)
+            if self.attentions is not None:
+                x = self.attentions[i](x, context)
+            skips.append(x)
+        if self.downsamplers is not None:
+            x = self.downsamplers[0](x)
+            skips.append(x)
+        return x, skips
+
+
+class UpBlock2D(nnx.Module):
+    """Resnets on [x, skip] concatenations, each optionally followed by a Transformer2DModel
+    (CrossAttnUpBlock2D), then an upsample (all but the last block)."""
+
+    def __init__(self, args: _UNetBlockArgs, index: int, prev_output_channels: int, *, cross_attention: bool):
+        c = args.config
+        n_blocks = len(c.block_out_channels)
+        down_index = n_blocks - 1 - index  # per-block settings are indexed like the down blocks
+        out_channels = c.block_out_channels[down_index]
+        skip_in = c.block_out_channels[max(down_index - 1, 0)]  # what the matching down block received
+        n = c.layers_per_block[down_index] + 1
+        self.remat = c.remat
+        self.resnets = nnx.List(
+            [
+                args.resnet(
+                    (prev_output_channels if i == 0 else out_channels)
+                    + (skip_in if i == n - 1 else out_channels),
+                    out_channels,
+                )
+                for i in range(n)
+            ]
+        )
+        self.attentions = (
+            nnx.List([args.transformer(out_channels, down_index) for _ in range(n)])
+            if cross_attention
+            else None
+        )
+        self.upsamplers = (
+            None
+            if index == n_blocks - 1
+            else nnx.List([Upsample2D(out_channels, rngs=args.rngs, dtype=c.dtype)])
+        )
+
+    def __call__(
+        self,
+        x: jax.Array,
+        skips: list[jax.Array],
+        temb: jax.Array,
+        context: jax.Array,
+        size: tuple[int, int] | None,
+    ) -> jax.Array:
+        """x: (batch, h, w, c); consumes ``skips`` from the end; upsamples to ``size`` (batch, *size, c_out)."""
+        for i, resnet in enumerate(self.resnets):
+            x = jnp.concatenate([x, skips.pop()], axis=-1)
+            x = layers.remat_call(resnet, x, temb, enabled=self.remat)
+            if self.attentions is not None:
+                x = self.attentions[i](x, context)
+        if self.upsamplers is not None:
+            x = self.upsamplers[0](x, size)
+        return x
+
+
+class UNetMidBlock2DCrossAttn(nnx.Module):
+    """Resnet -> Transformer2DModel -> Resnet at the lowest resolution."""
+
+    def __init__(self, args: _UNetBlockArgs):
+        c = args.config
+        channels = c.block_out_channels[-1]
+        last = len(c.block_out_channels) - 1
+        self.remat = c.remat
+        self.resnets = nnx.List([args.resnet(channels, channels, c.mid_block_scale_factor) for _ in range(2)])
+        self.attentions = nnx.List([args.transformer(channels, last)])
+
+    def __call__(self, x: jax.Array, temb: jax.Array, context: jax.Array) -> jax.Array:
+        """x: (batch, h, w, c) -> (batch, h, w, c)."""
+        x = layers.remat_call(self.resnets[0], x, temb, enabled=self.remat)
+        x = self.attentions[0](x, context)
+        return layers.remat_call(self.resnets[1], x, temb, enabled=self.remat)
+
+
+class UNet2DConditionModel(nnx.Module):
+    """The text-conditioned denoiser of Stable Diffusion 1.x / 2.x."""
+
+    def __init__(self, config: UNetConfig, *, rngs: nnx.Rngs):
+        c = config
+        self.config = config
+        args = _UNetBlockArgs(config, rngs)
+        channels = c.block_out_channels
+        self.conv_in = layers.conv(c.in_channels, channels[0], c.conv_in_kernel, rngs=rngs, dtype=c.dtype)
+        self.time_embedding = TimestepEmbedding(channels[0], c.time_embed_dim, rngs=rngs, dtype=c.dtype)
+        self.down_blocks = nnx.List(
+            [
+                DownBlock2D(
+                    args,
+                    i,
+                    channels[max(i - 1, 0)],
+                    channels[i],
+                    cross_attention=kind == "CrossAttnDownBlock2D",
+                )
+                for i, kind in enumerate(c.down_block_types)
+            ]
+        )
+        self.mid_block = UNetMidBlock2DCrossAttn(args)
+        reversed_channels = channels[::-1]
+        self.up_blocks = nnx.List(
+            [
+                UpBlock2D(
+                    args,
+                    i,
+                    reversed_channels[max(i - 1, 0)],
+                    cross_attention=kind == "CrossAttnUpBlock2D",
+                )
+                for i, kind in enumerate(c.up_block_types)
+            ]
+        )
+        self.conv_norm_out = layers.group_norm(
+            channels[0], c.norm_num_groups, eps=c.norm_eps, rngs=rngs, dtype=c.dtype
+        )
+        self.conv_out = layers.conv(channels[0], c.out_channels, c.conv_out_kernel, rngs=rngs, dtype=c.dtype)
+
+    def __call__(
+        self, sample: jax.Array, timesteps: jax.Array | float, encoder_hidden_states: jax.Array
+    ) -> jax.Array:
+        """Predicts noise (or v, see ``config.prediction_type``).
+
+        sample: (batch, h, w, in_channels) latents; timesteps: (batch,) or scalar, in the scheduler's units
+        (0..999 for SD); encoder_hidden_states: (batch, seq, cross_attention_dim) text features.
+        Returns (batch, h, w, out_channels) float32.
+        """
+        c = self.config
+        batch = sample.shape[0]
+        t = jnp.broadcast_to(jnp.asarray(timesteps, jnp.float32), (batch,))
+        t_emb = timestep_embedding(
+            t, c.block_out_channels[0], flip_sin_to_cos=c.flip_sin_to_cos, freq_shift=c.freq_shift
+        )
+        temb = self.time_embedding(t_emb.astype(c.dtype))
+        context = encoder_hidden_states.astype(c.dtype)
+
+        x = self.conv_in(sample.astype(c.dtype))
+        skips = [x]
+        for block in self.down_blocks:
+            x, block_skips = block(x, temb, context)
+            skips.extend(block_skips)
+        x = self.mid_block(x, temb, context)
+        for block in self.up_blocks:
+            n = len(block.resnets)
+            block_skips, skips = skips[-n:], skips[:-n]
+            # Upsample to the next skip's size so that sizes not divisible by 2**depth round-trip (diffusers'
+            # `upsample_size`); for divisible sizes this is exactly x2.
+            size = tuple(skips[-1].shape[1:3]) if skips else None
+            x = block(x, block_skips, temb, context, size)
+        x = self.conv_out(jax.nn.silu(self.conv_norm_out(x)))
+        return x.astype(jnp.float32)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Checkpoint conversion.
+
+CONVERSION_RULES: tuple[Rule, ...] = (
+    Rule(r"^(.*)\.ff\.net\.0\.proj\.(weight|bias)$", r"\1.ff.geglu.proj.\2"),
+    Rule(r"^(.*)\.ff\.net\.2\.(weight|bias)$", r"\1.ff.proj_out.\2"),
+    convert.MIRROR,
+)
+"""diffusers UNet2DConditionModel names -> ours; 1x1-conv / Linear layouts are handled by the leaf rule."""
+
+IGNORED: tuple[str, ...] = ()
+"""The diffusers UNet checkpoint has no buffers: every tensor must be consumed."""
+
+
+def _prediction_type_beside(folder: Path) -> dict[str, Any]:
+    """prediction_type from ``../scheduler/scheduler_config.json`` when ``folder`` sits in a pipeline folder."""
+    scheduler = folder.parent / "scheduler" / "scheduler_config.json"
+    if scheduler.is_file():
+        return {"prediction_type": json.loads(scheduler.read_text()).get("prediction_type", "epsilon")}
+    return {}
+
+
+def load_unet(folder: str | Path, *, dtype: Any = jnp.float32, remat: bool = False) -> UNet2DConditionModel:
+    """Builds a :class:`UNet2DConditionModel` from a diffusers ``unet`` folder (config.json + safetensors).
+
+    ``prediction_type`` comes from the sibling ``scheduler/scheduler_config.json`` when there is one
+    (diffusers keeps it there), else "epsilon".
+    """
+    folder = Path(folder)
+    config = UNetConfig.from_dict(
+        {**_prediction_type_beside(folder), **convert.read_config(folder)}, dtype=dtype, remat=remat
+    )
+    tensors = convert.read_weights(folder, what="unet")
+    return convert.load_module(
+        lambda: UNet2DConditionModel(config, rngs=nnx.Rngs(0)),
+        tensors,
+        CONVERSION_RULES,
+        ignore=IGNORED,
+        source=f"unet {folder}",
+    )
