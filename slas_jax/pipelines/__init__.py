@@ -1,0 +1,39 @@
+"""Text-to-image pipelines: the static model functions, parameters and tokenizer of one backbone family.
+
+``build_pipeline(config)`` returns a :class:`PipelineBundle` for ``config.model.family``: "unet" (Stable
+Diffusion 1.x/2.x, DDIM) or "flux" (FLUX, flow-matching SDE), from a diffusers checkpoint folder or, without
+one, a randomly initialised tiny model of the same classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from slas_jax.config import Config
+from slas_jax.grpo import Pipeline
+from slas_jax.tokenizers import Tokenize
+
+
+@dataclass(frozen=True)
+class PipelineBundle:
+    """pipeline: static functions for the train step; params: the trainable backbone (nnx.State);
+    frozen: text encoder / VAE states and constant arrays; tokenize: prompts -> (n, length) int32."""
+
+    pipeline: Pipeline
+    params: Any
+    frozen: dict[str, Any]
+    tokenize: Tokenize
+
+
+def build_pipeline(config: Config, vocabulary: Sequence[str] = ()) -> PipelineBundle:
+    """The pipeline of ``config.model.family``; ``vocabulary`` (the prompt source's words) sizes the
+    word-level tokenizer of a randomly initialised model. Imported here: each family module imports this one."""
+    if config.model.family == "unet":
+        from slas_jax.pipelines.sd import build_sd_pipeline
+
+        return build_sd_pipeline(config, vocabulary=vocabulary)
+    from slas_jax.pipelines.flux import build_flux_pipeline
+
+    return build_flux_pipeline(config, vocabulary=vocabulary)

@@ -1,0 +1,161 @@
+"""Command line: ``python -m slas_jax.train --config configs/X.py [--config.section.key=value ...]``.
+
+Wiring only: config -> mesh -> pipeline, reward, prompts -> jitted GRPO step -> loop with progress bar and
+JSON-lines metrics. Bad configs, missing checkpoints and bad inputs end with one line on stderr and exit
+code 2; ``--verbose`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import runpy
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from absl import flags
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from slas_jax import grpo, parallel
+from slas_jax.config import Config, ConfigError, load_config
+from slas_jax.data import build_prompt_source
+from slas_jax.metrics import MetricsWriter, to_python
+from slas_jax.models.convert import ConversionError
+from slas_jax.pipelines import build_pipeline
+from slas_jax.rewards import build_reward
+
+FLAGS = flags.FlagValues()
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file with get_config().", flag_values=FLAGS
+)
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show tracebacks for errors.", flag_values=FLAGS)
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost",
+    False,
+    "Join a multi-host run (Cloud TPU pods: addresses are auto-detected).",
+    flag_values=FLAGS,
+)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, when not auto-detected.", flag_values=FLAGS
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Processes in the run.", flag_values=FLAGS)
+_PROCESS_ID = flags.DEFINE_integer("process_id", 0, "This process's index.", flag_values=FLAGS)
+
+USER_ERRORS = (ConfigError, ConversionError, FileNotFoundError)
+
+
+def _explain_override_error(argv: list[str]) -> str:
+    """Names the first ``--config.a.b=v`` override whose key path the config file does not have."""
+    config_path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if config_path is None and "--config" in argv:
+        config_path = argv[argv.index("--config") + 1]
+    if config_path is None:
+        return "missing --config; pass --config configs/<name>.py"
+    if not Path(config_path).is_file():
+        return f"config file {config_path} does not exist; pass --config configs/<name>.py"
+    values = runpy.run_path(config_path)["get_config"]()
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        path = arg[len("--config.") :].split("=", 1)[0]
+        node = values
+        for i, key in enumerate(path.split(".")):
+            if key not in node:
+                where = ".".join(path.split(".")[:i]) or "the top level"
+                return (
+                    f"unknown config key {path!r} in {arg}; keys at {where}: {', '.join(sorted(node.keys()))}"
+                )
+            node = node[key]
+    return "could not parse the command line; check the --config overrides"
+
+
+def parse_config(argv: list[str]) -> Config:
+    """Flags -> validated Config, or ConfigError with one line."""
+    try:
+        FLAGS(argv)
+        raw = _CONFIG.value
+        if raw is None:
+            raise ConfigError("missing --config; pass --config configs/<name>.py")
+        raw.to_dict()
+    except flags.Error as e:
+        raise ConfigError(str(e).splitlines()[0]) from e
+    except (AttributeError, KeyError, TypeError, OSError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(_explain_override_error(argv)) from e
+    return load_config(raw)
+
+
+def run(config: Config) -> list[dict[str, float]]:
+    """Trains for ``config.train.num_steps`` steps; returns the logged metrics (also in metrics.jsonl)."""
+    tc = config.train
+    mesh = parallel.make_mesh(data=config.mesh.data, fsdp=config.mesh.fsdp, tensor=config.mesh.tensor)
+    prompts = build_prompt_source(config.data)
+    bundle = build_pipeline(config, prompts.vocabulary)
+    reward = build_reward(config.reward.name, config.reward.options)
+    frozen = {**bundle.frozen, "reward": reward.params}
+    tx = grpo.make_optimizer(config)
+    state = grpo.init_train_state(bundle.params, frozen, tx, config)
+    shardings = grpo.state_shardings(
+        state,
+        parallel.state_shardings(bundle.params, mesh),
+        jax.tree.map(lambda _: parallel.replicated(mesh), frozen),
+        mesh,
+    )
+    state = jax.device_put(state, shardings)
+
+    def reward_fn(frozen_tree, images, batch):
+        return reward.fn(frozen_tree["reward"], images, batch)
+
+    def make_batch(start: int) -> dict[str, np.ndarray]:
+        texts, arrays = prompts.batch(start, tc.prompts_per_step)
+        return {"tokens": bundle.tokenize(texts), **arrays}
+
+    step_fn = grpo.make_train_step(bundle.pipeline, reward_fn, tx, config, mesh)
+    first = make_batch(0)
+    train_step = grpo.jit_train_step(step_fn, state, shardings, first, mesh)
+    writer = MetricsWriter(Path(tc.output_dir) / "metrics.jsonl")
+    base_key = jax.random.PRNGKey(tc.seed)
+    history = []
+    bar = tqdm(range(int(state.step), tc.num_steps), desc="GRPO", unit="step", dynamic_ncols=True)
+    for step in bar:
+        start = time.perf_counter()
+        batch = make_batch(int(state.data_index))
+        state, metrics = train_step(state, batch, jax.random.fold_in(base_key, step))
+        record = to_python(metrics)
+        record["step_time_s"] = time.perf_counter() - start
+        if not np.isfinite(record["policy_loss"]):
+            raise FloatingPointError(
+                f"loss became {record['policy_loss']} at step {step}; lower optim.learning_rate"
+            )
+        history.append(record)
+        if step % tc.log_every == 0 or step == tc.num_steps - 1:
+            writer.write(step, record)
+        bar.set_postfix(reward=f"{record['reward_mean']:.4f}", kl=f"{record['approx_kl']:.2e}")
+    return history
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    verbose = "--verbose" in argv or "--verbose=true" in argv
+    try:
+        config = parse_config(argv)
+        if _MULTIHOST.value:
+            parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        history = run(config)
+    except (*USER_ERRORS, FloatingPointError) as e:
+        if verbose:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    first, last = history[0]["reward_mean"], history[-1]["reward_mean"]
+    print(
+        f"done: {len(history)} steps, mean reward {first:.4f} -> {last:.4f}; metrics in {config.train.output_dir}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
