@@ -9,9 +9,10 @@ two places, both handled by :data:`CONVERSION_RULES`:
 - T5 computes its relative position bias in the first layer and shares it with all the others, so that table
   lives beside the stack as ``encoder.relative_attention_bias`` (every block in the stack has the same shape).
 
-Numerics as transformers: T5LayerNorm is a root-mean-square norm (no mean subtraction, no bias) with statistics
-in float32; attention logits are not scaled by 1/sqrt(d_kv) (T5 folds that into the initialisation); the
-bidirectional relative position buckets are half exact, half logarithmic up to ``max_distance``.
+Numerics as transformers: T5LayerNorm is a root-mean-square norm (no mean subtraction, no bias) with
+statistics in float32; attention logits are not scaled by 1/sqrt(d_kv) (T5 folds that into the
+initialisation); the bidirectional relative position buckets are half exact, half logarithmic up to
+``max_distance``.
 """
 
 from __future__ import annotations
@@ -122,7 +123,8 @@ class T5Config:
         feed_forward_proj = config.get("feed_forward_proj", "relu")
         if feed_forward_proj not in _FEED_FORWARDS:
             raise ConversionError(
-                f"t5 config: feed_forward_proj={feed_forward_proj!r} is not supported (only {sorted(_FEED_FORWARDS)})"
+                f"t5 config: feed_forward_proj={feed_forward_proj!r} is not supported "
+                f"(only {sorted(_FEED_FORWARDS)})"
             )
         fields = {f.name for f in dataclasses.fields(cls)} - {"dtype", "remat"}
         kwargs = {k: v for k, v in config.items() if k in fields}
@@ -228,7 +230,8 @@ class T5DenseActDense(nnx.Module):
 
 
 class T5LayerFF(nnx.Module):
-    """Pre-norm feed-forward with a residual connection (transformers' name ``DenseReluDense`` even when gated)."""
+    """Pre-norm feed-forward with a residual connection (named ``DenseReluDense`` as in transformers, even
+    when gated)."""
 
     def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
         self.DenseReluDense = T5DenseActDense(config, rngs=rngs)
@@ -294,7 +297,8 @@ class T5Stack(nnx.Module):
         )
 
     def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
-        """x: (batch, seq, d_model) embedded tokens; mask: (batch, seq) bool or None -> (batch, seq, d_model)."""
+        """x: (batch, seq, d_model) embedded tokens; mask: (batch, seq) bool or None
+        -> (batch, seq, d_model)."""
         c = self.config
         seq = x.shape[1]
         buckets = relative_position_buckets(
@@ -317,13 +321,13 @@ class T5EncoderModel(nnx.Module):
         self.encoder = T5Stack(config, rngs=rngs)
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
-        """input_ids: (batch, seq) int32; attention_mask: (batch, seq), 1 for tokens and 0 for padding, or None
-        (attend everywhere). Returns the last hidden state (batch, seq, d_model) float32."""
+        """input_ids: (batch, seq) int32; attention_mask: (batch, seq), 1 for tokens and 0 for padding, or
+        None (attend everywhere). Returns the last hidden state (batch, seq, d_model) float32."""
         mask = None if attention_mask is None else attention_mask.astype(bool)
         return self.encoder(self.shared(input_ids), mask).astype(jnp.float32)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Checkpoint conversion.
 
 CONVERSION_RULES: tuple[Rule, ...] = (
@@ -334,7 +338,8 @@ CONVERSION_RULES: tuple[Rule, ...] = (
     Rule(r"^encoder\.block\.(\d+)\.(.+)$", r"encoder.block.\2@\1"),
     convert.MIRROR,
 )
-"""transformers T5EncoderModel names -> ours: the block index becomes the stacked axis, the shared bias moves."""
+"""transformers T5EncoderModel names -> ours: the block index becomes the stacked axis, the shared bias
+moves out of block 0."""
 
 IGNORED: tuple[str, ...] = (r"^encoder\.embed_tokens\.weight$",)
 """``encoder.embed_tokens`` is tied to ``shared`` (same tensor); some checkpoints store both names."""
