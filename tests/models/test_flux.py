@@ -15,10 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+import transformers
 from diffusers.pipelines.flux.pipeline_flux import FluxPipeline
 from flax import nnx
 
-from slas_jax.models import convert, flux
+from slas_jax.models import clip, convert, flux, t5
 from slas_jax.models.convert import ConversionError
 
 pytestmark = pytest.mark.parity
@@ -151,6 +152,75 @@ def test_guidance_must_match_the_config(flux_pair):
     inputs["guidance"] = None if TINY_CONFIGS[name]["guidance_embeds"] else np.ones(2, np.float32)
     with pytest.raises(ValueError, match="guidance"):
         ours(**inputs)
+
+
+def test_text_encoders_and_transformer_chain_as_flux_pipeline(tmp_path):
+    """FluxPipeline's conditioning path after tokenisation: CLIP's pooled output and T5's last hidden state
+    (no attention mask: the pipeline lets padding attend) feed the transformer. Ours, loaded from the same
+    folders, must give the same velocity."""
+    config = TINY_CONFIGS["dev_like"]
+    torch.manual_seed(1)
+    clip_ref = transformers.CLIPTextModel(
+        transformers.CLIPTextConfig(
+            vocab_size=30,
+            hidden_size=config["pooled_projection_dim"],
+            intermediate_size=24,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=9,
+            bos_token_id=0,
+            pad_token_id=1,
+            eos_token_id=2,  # pooled at the largest token id, as CLIP-L's original config
+        )
+    ).eval()
+    t5_ref = transformers.T5EncoderModel(
+        transformers.T5Config(
+            vocab_size=40,
+            d_model=config["joint_attention_dim"],
+            d_kv=5,
+            d_ff=32,
+            num_layers=2,
+            num_heads=4,
+            feed_forward_proj="gated-gelu",
+            dropout_rate=0.0,
+        )
+    ).eval()
+    flux_ref = randomised_flux(config, seed=3)
+    with torch.no_grad():
+        for p in [*clip_ref.parameters(), *t5_ref.parameters()]:
+            p.add_(0.1 * torch.randn_like(p))
+    for name, model in (("text_encoder", clip_ref), ("text_encoder_2", t5_ref), ("transformer", flux_ref)):
+        model.save_pretrained(tmp_path / name)
+
+    rng = np.random.default_rng(4)
+    clip_ids = rng.integers(0, 29, (2, 9))
+    clip_ids[:, 6] = 29  # the end-of-text token: the largest id
+    t5_ids = rng.integers(0, 40, (2, 7))
+    inputs = tiny_inputs("dev_like", seed=5)
+    with torch.no_grad():
+        pooled = clip_ref(torch.from_numpy(clip_ids)).pooler_output
+        features = t5_ref(torch.from_numpy(t5_ids)).last_hidden_state
+        torch_inputs = {k: torch.from_numpy(v) for k, v in inputs.items()}
+        torch_inputs.update(pooled_projections=pooled, encoder_hidden_states=features)
+        want = flux_ref(**torch_inputs).sample.numpy()
+
+    clip_ours = clip.load_clip_text(tmp_path / "text_encoder")
+    t5_ours = t5.load_t5_encoder(tmp_path / "text_encoder_2")
+    flux_ours = flux.load_flux_transformer(tmp_path / "transformer")
+
+    @nnx.jit
+    def velocity(clip_model, t5_model, flux_model, clip_ids, t5_ids, inputs):
+        inputs = dict(inputs, pooled_projections=clip_model(clip_ids).pooler_output)
+        return flux_model(**dict(inputs, encoder_hidden_states=t5_model(t5_ids)))
+
+    got = np.asarray(
+        velocity(clip_ours, t5_ours, flux_ours, clip_ids.astype(np.int32), t5_ids.astype(np.int32), inputs)
+    )
+    err, tol = max_error(got, want)
+    assert err < tol, f"flux pipeline conditioning: max abs error {err:.3g} >= {tol:.3g}"
+    print(
+        f"flux pipeline conditioning (CLIP + T5 + transformer): max abs error {err:.3g} (tolerance {tol:.3g})"
+    )
 
 
 def test_pack_unpack_and_ids_match_flux_pipeline():
