@@ -86,7 +86,7 @@ class CLIPTextConfig:
     def from_dict(cls, config: Mapping[str, Any], **overrides: Any) -> CLIPTextConfig:
         """Reads a transformers ``CLIPTextConfig`` dict (a text_encoder/config.json, or a CLIPModel config's
         ``text_config``); ``overrides`` set our own fields (dtype, remat, with_projection)."""
-        with_projection = "CLIPTextModelWithProjection" in config.get("architectures", ())
+        with_projection = "CLIPTextModelWithProjection" in (config.get("architectures") or ())
         return _from_dict(cls, config, "clip text", **{"with_projection": with_projection, **overrides})
 
 

@@ -486,63 +486,67 @@ class Transformer2DModel(nnx.Module):
 # UNet blocks.
 
 
-class _UNetBlockArgs:
-    """What every block of one UNet shares (keeps the block constructors' signatures short)."""
+def _resnet(
+    config: UNetConfig, in_channels: int, out_channels: int, rngs: nnx.Rngs, output_scale_factor: float = 1.0
+) -> ResnetBlock2D:
+    """A time-conditioned resnet with the UNet's norm settings."""
+    return ResnetBlock2D(
+        in_channels,
+        out_channels,
+        temb_channels=config.time_embed_dim,
+        groups=config.norm_num_groups,
+        eps=config.norm_eps,
+        output_scale_factor=output_scale_factor,
+        rngs=rngs,
+        dtype=config.dtype,
+    )
 
-    def __init__(self, config: UNetConfig, rngs: nnx.Rngs):
-        self.config = config
-        self.rngs = rngs
 
-    def resnet(self, in_channels: int, out_channels: int, output_scale_factor: float = 1.0) -> ResnetBlock2D:
-        c = self.config
-        return ResnetBlock2D(
-            in_channels,
-            out_channels,
-            temb_channels=c.time_embed_dim,
-            groups=c.norm_num_groups,
-            eps=c.norm_eps,
-            output_scale_factor=output_scale_factor,
-            rngs=self.rngs,
-            dtype=c.dtype,
-        )
-
-    def transformer(self, channels: int, block: int) -> Transformer2DModel:
-        """The Transformer2DModel of down block ``block`` (up blocks pass their mirrored index)."""
-        c = self.config
-        return Transformer2DModel(
-            channels,
-            heads=c.num_attention_heads[block],
-            num_layers=c.transformer_layers_per_block[block],
-            cross_attention_dim=c.cross_attention_dim[block],
-            groups=c.norm_num_groups,
-            use_linear_projection=c.use_linear_projection,
-            remat=c.remat,
-            rngs=self.rngs,
-            dtype=c.dtype,
-        )
+def _transformer(config: UNetConfig, channels: int, block: int, rngs: nnx.Rngs) -> Transformer2DModel:
+    """The Transformer2DModel of down block ``block`` (up blocks pass their mirrored index)."""
+    return Transformer2DModel(
+        channels,
+        heads=config.num_attention_heads[block],
+        num_layers=config.transformer_layers_per_block[block],
+        cross_attention_dim=config.cross_attention_dim[block],
+        groups=config.norm_num_groups,
+        use_linear_projection=config.use_linear_projection,
+        remat=config.remat,
+        rngs=rngs,
+        dtype=config.dtype,
+    )
 
 
 class DownBlock2D(nnx.Module):
     """Resnets, each optionally followed by a Transformer2DModel (CrossAttnDownBlock2D), then a downsample."""
 
     def __init__(
-        self, args: _UNetBlockArgs, index: int, in_channels: int, out_channels: int, *, cross_attention: bool
+        self,
+        config: UNetConfig,
+        index: int,
+        in_channels: int,
+        out_channels: int,
+        *,
+        cross_attention: bool,
+        rngs: nnx.Rngs,
     ):
-        c = args.config
+        c = config
         n = c.layers_per_block[index]
         self.remat = c.remat
         self.resnets = nnx.List(
-            [args.resnet(in_channels if i == 0 else out_channels, out_channels) for i in range(n)]
+            [_resnet(c, in_channels if i == 0 else out_channels, out_channels, rngs) for i in range(n)]
         )
         self.attentions = (
-            nnx.List([args.transformer(out_channels, index) for _ in range(n)]) if cross_attention else None
+            nnx.List([_transformer(c, out_channels, index, rngs) for _ in range(n)])
+            if cross_attention
+            else None
         )
         is_last = index == len(c.block_out_channels) - 1
         self.downsamplers = (
             None
             if is_last
             else nnx.List(
-                [Downsample2D(out_channels, padding=c.downsample_padding, rngs=args.rngs, dtype=c.dtype)]
+                [Downsample2D(out_channels, padding=c.downsample_padding, rngs=rngs, dtype=c.dtype)]
             )
         )
 
@@ -566,8 +570,16 @@ class UpBlock2D(nnx.Module):
     """Resnets on [x, skip] concatenations, each optionally followed by a Transformer2DModel
     (CrossAttnUpBlock2D), then an upsample (all but the last block)."""
 
-    def __init__(self, args: _UNetBlockArgs, index: int, prev_output_channels: int, *, cross_attention: bool):
-        c = args.config
+    def __init__(
+        self,
+        config: UNetConfig,
+        index: int,
+        prev_output_channels: int,
+        *,
+        cross_attention: bool,
+        rngs: nnx.Rngs,
+    ):
+        c = config
         n_blocks = len(c.block_out_channels)
         down_index = n_blocks - 1 - index  # per-block settings are indexed like the down blocks
         out_channels = c.block_out_channels[down_index]
@@ -576,23 +588,23 @@ class UpBlock2D(nnx.Module):
         self.remat = c.remat
         self.resnets = nnx.List(
             [
-                args.resnet(
+                _resnet(
+                    c,
                     (prev_output_channels if i == 0 else out_channels)
                     + (skip_in if i == n - 1 else out_channels),
                     out_channels,
+                    rngs,
                 )
                 for i in range(n)
             ]
         )
         self.attentions = (
-            nnx.List([args.transformer(out_channels, down_index) for _ in range(n)])
+            nnx.List([_transformer(c, out_channels, down_index, rngs) for _ in range(n)])
             if cross_attention
             else None
         )
         self.upsamplers = (
-            None
-            if index == n_blocks - 1
-            else nnx.List([Upsample2D(out_channels, rngs=args.rngs, dtype=c.dtype)])
+            None if index == n_blocks - 1 else nnx.List([Upsample2D(out_channels, rngs=rngs, dtype=c.dtype)])
         )
 
     def __call__(
@@ -617,13 +629,15 @@ class UpBlock2D(nnx.Module):
 class UNetMidBlock2DCrossAttn(nnx.Module):
     """Resnet -> Transformer2DModel -> Resnet at the lowest resolution."""
 
-    def __init__(self, args: _UNetBlockArgs):
-        c = args.config
+    def __init__(self, config: UNetConfig, *, rngs: nnx.Rngs):
+        c = config
         channels = c.block_out_channels[-1]
         last = len(c.block_out_channels) - 1
         self.remat = c.remat
-        self.resnets = nnx.List([args.resnet(channels, channels, c.mid_block_scale_factor) for _ in range(2)])
-        self.attentions = nnx.List([args.transformer(channels, last)])
+        self.resnets = nnx.List(
+            [_resnet(c, channels, channels, rngs, c.mid_block_scale_factor) for _ in range(2)]
+        )
+        self.attentions = nnx.List([_transformer(c, channels, last, rngs)])
 
     def __call__(self, x: jax.Array, temb: jax.Array, context: jax.Array) -> jax.Array:
         """x: (batch, h, w, c) -> (batch, h, w, c)."""
@@ -638,31 +652,32 @@ class UNet2DConditionModel(nnx.Module):
     def __init__(self, config: UNetConfig, *, rngs: nnx.Rngs):
         c = config
         self.config = config
-        args = _UNetBlockArgs(config, rngs)
         channels = c.block_out_channels
         self.conv_in = layers.conv(c.in_channels, channels[0], c.conv_in_kernel, rngs=rngs, dtype=c.dtype)
         self.time_embedding = TimestepEmbedding(channels[0], c.time_embed_dim, rngs=rngs, dtype=c.dtype)
         self.down_blocks = nnx.List(
             [
                 DownBlock2D(
-                    args,
+                    c,
                     i,
                     channels[max(i - 1, 0)],
                     channels[i],
                     cross_attention=kind == "CrossAttnDownBlock2D",
+                    rngs=rngs,
                 )
                 for i, kind in enumerate(c.down_block_types)
             ]
         )
-        self.mid_block = UNetMidBlock2DCrossAttn(args)
+        self.mid_block = UNetMidBlock2DCrossAttn(c, rngs=rngs)
         reversed_channels = channels[::-1]
         self.up_blocks = nnx.List(
             [
                 UpBlock2D(
-                    args,
+                    c,
                     i,
                     reversed_channels[max(i - 1, 0)],
                     cross_attention=kind == "CrossAttnUpBlock2D",
+                    rngs=rngs,
                 )
                 for i, kind in enumerate(c.up_block_types)
             ]
