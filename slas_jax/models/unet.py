@@ -78,8 +78,8 @@ class UNetConfig:
     tuples indexed like ``down_block_types`` (up blocks use them reversed, as diffusers does).
     """
 
-    sample_size: int = 64
-    """Latent side length the model was trained at (informational: any size divisible by 8 works)."""
+    sample_size: int | tuple[int, int] = 64
+    """Latent size the model was trained at (informational: the model runs at any size)."""
     in_channels: int = 4
     out_channels: int = 4
     flip_sin_to_cos: bool = True
@@ -133,8 +133,11 @@ class UNetConfig:
             "cross_attention_dim",
         ):
             object.__setattr__(self, name, _per_block(getattr(self, name), n, name))
+        # JSON gives lists; tuples keep the frozen config hashable (it is part of the module's static graph).
         for name in ("down_block_types", "up_block_types", "block_out_channels"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        if not isinstance(self.sample_size, int):
+            object.__setattr__(self, "sample_size", tuple(self.sample_size))
         if len(self.up_block_types) != n or len(self.block_out_channels) != n:
             raise ValueError(
                 f"UNetConfig: down_block_types, up_block_types and block_out_channels need the same length, got "
@@ -176,12 +179,9 @@ class UNetConfig:
         kwargs = {k: config[k] for k in keys if k in config}
         if "attention_head_dim" in config:
             kwargs["num_attention_heads"] = config["attention_head_dim"]
-        for key in ("down_block_types", "up_block_types", "block_out_channels"):
-            if key in kwargs:
-                kwargs[key] = tuple(kwargs[key])
         try:
             return cls(**{**kwargs, **overrides})
-        except ValueError as e:
+        except (TypeError, ValueError) as e:
             raise ConversionError(f"unet config: {e}") from e
 
 
@@ -306,6 +306,8 @@ def upsample_nearest(x: jax.Array, size: tuple[int, int]) -> jax.Array:
 
     x: (batch, h, w, c) -> (batch, size[0], size[1], c).
     """
+    if size == (2 * x.shape[1], 2 * x.shape[2]):  # the common case, as a broadcast rather than a gather
+        return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
     rows = (jnp.arange(size[0]) * x.shape[1]) // size[0]
     cols = (jnp.arange(size[1]) * x.shape[2]) // size[1]
     return x[:, rows][:, :, cols]
@@ -716,7 +718,7 @@ class UNet2DConditionModel(nnx.Module):
             block_skips, skips = skips[-n:], skips[:-n]
             # Upsample to the next skip's size so that sizes not divisible by 2**depth round-trip (diffusers'
             # `upsample_size`); for divisible sizes this is exactly x2.
-            size = tuple(skips[-1].shape[1:3]) if skips else None
+            size = (skips[-1].shape[1], skips[-1].shape[2]) if skips else None
             x = block(x, block_skips, temb, context, size)
         x = self.conv_out(jax.nn.silu(self.conv_norm_out(x)))
         return x.astype(jnp.float32)

@@ -44,8 +44,8 @@ class VAEConfig:
     """Resnets per encoder block (decoder blocks have one more)."""
     latent_channels: int = 4
     norm_num_groups: int = 32
-    sample_size: int = 512
-    """Image side length the VAE was trained at (informational)."""
+    sample_size: int | tuple[int, int] = 512
+    """Image size the VAE was trained at (informational: it runs at any multiple of ``downscale``)."""
     scaling_factor: float = 0.18215
     shift_factor: float = 0.0
     """Latents given to the diffusion model are (z - shift_factor) * scaling_factor (config null -> 0)."""
@@ -58,8 +58,11 @@ class VAEConfig:
     """Gradient checkpointing: recompute each resnet and attention block in the backward pass."""
 
     def __post_init__(self) -> None:
+        # JSON gives lists; tuples keep the frozen config hashable (it is part of the module's static graph).
         for name in ("down_block_types", "up_block_types", "block_out_channels"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        if not isinstance(self.sample_size, int):
+            object.__setattr__(self, "sample_size", tuple(self.sample_size))
         n = len(self.block_out_channels)
         if len(self.down_block_types) != n or len(self.up_block_types) != n:
             raise ValueError(
