@@ -4,8 +4,9 @@
 The text tower encodes prompts for Stable Diffusion (last hidden state) and FLUX (pooled output); the vision
 tower and the full :class:`CLIPModel` serve CLIP-family rewards (PickScore, HPS). Images are NHWC and already
 resized / normalised by the caller. The module tree mirrors transformers' names (``text_model.encoder.layers.3.
-self_attn.q_proj``...), so checkpoints convert through :data:`CONVERSION_RULES`, which also accept the
-un-prefixed names that transformers 5 writes for a plain ``CLIPTextModel`` / ``CLIPVisionModel``.
+self_attn.q_proj``...), so checkpoints convert through :data:`TEXT_CONVERSION_RULES`,
+:data:`VISION_CONVERSION_RULES` (which also accept the un-prefixed names that transformers 5 writes for a
+plain ``CLIPTextModel`` / ``CLIPVisionModel``) and :data:`CONVERSION_RULES` (``CLIPModel``).
 """
 
 from __future__ import annotations
@@ -155,6 +156,7 @@ def vit_h14_text(**overrides: Any) -> CLIPTextConfig:
             "num_hidden_layers": 24,
             "num_attention_heads": 16,
             "hidden_act": "gelu",
+            # Either pooling rule finds the end-of-text token (49407, the largest id) in CLIP-tokenised prompts.
             "eos_token_id": 49407,
             "with_projection": True,
             "projection_dim": 1024,
@@ -261,6 +263,8 @@ class CLIPTextOutput(NamedTuple):
 
 
 class CLIPTextEmbeddings(nnx.Module):
+    """Token embedding plus learned absolute position embedding."""
+
     def __init__(self, config: CLIPTextConfig, *, rngs: nnx.Rngs):
         c = config
         self.token_embedding = layers.embed(c.vocab_size, c.hidden_size, rngs=rngs, dtype=c.dtype)
@@ -351,6 +355,8 @@ class CLIPVisionOutput(NamedTuple):
 
 
 class CLIPVisionEmbeddings(nnx.Module):
+    """Non-overlapping patch projection, a learned class token in front, learned position embeddings."""
+
     def __init__(self, config: CLIPVisionConfig, *, rngs: nnx.Rngs):
         c = config
         self.class_embedding = layers.param((c.hidden_size,), ("embed",), rngs=rngs)
