@@ -15,12 +15,12 @@ def get_config() -> ml_collections.ConfigDict:
             "checkpoint": ml_collections.config_dict.placeholder(str),
             "resolution": 16,
             "architecture": {
-                "block_out_channels": (32, 64),
+                "block_out_channels": (16, 32),
                 "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
                 "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
                 "layers_per_block": 1,
                 "num_attention_heads": 2,
-                "norm_num_groups": 8,
+                "norm_num_groups": 4,
             },
             "text_architecture": {
                 "hidden_size": 32,
@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
         }
     )
     c.sampler = ml_collections.ConfigDict(
-        {"name": "ddim", "num_steps": 8, "noise_level": 1.0, "guidance_scale": 1.0}
+        {"name": "ddim", "num_steps": 6, "noise_level": 1.0, "guidance_scale": 1.0}
     )
     c.advantage = ml_collections.ConfigDict({"method": "slas", "gamma": 1.0, "adv_clip": 5.0})
     c.loss = ml_collections.ConfigDict(
@@ -40,7 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.optim = ml_collections.ConfigDict({"learning_rate": 3e-4, "weight_decay": 1e-4, "grad_clip": 1.0})
     c.train = ml_collections.ConfigDict(
         {
-            "num_steps": 40,
+            "num_steps": 30,
             "prompts_per_step": 4,
             "group_size": 8,
             "micro_batch_size": 16,

@@ -17,11 +17,13 @@ Tokenize = Callable[[Sequence[str]], np.ndarray]
 class WordTokenizer:
     """Whitespace word-level tokenizer over a closed vocabulary.
 
-    ids: 0 pad, 1 bos, 2 eos, 3 unknown, then the vocabulary in the given order. Each prompt becomes
+    ids: 0 pad, 1 bos, 2 unknown, 3 eos, then the vocabulary in the given order. Each prompt becomes
     [bos, words..., eos, pad...] of length ``max_length`` (longer prompts raise: a testbed prompt must fit).
+    eos is deliberately not 2: a CLIP text config with eos_token_id 2 pools at the largest token id (the
+    legacy OpenAI rule), any other id pools at the first eos, which is what a word vocabulary needs.
     """
 
-    PAD, BOS, EOS, UNK = 0, 1, 2, 3
+    PAD, BOS, UNK, EOS = 0, 1, 2, 3
 
     def __init__(self, vocabulary: Sequence[str], max_length: int):
         self.words = tuple(dict.fromkeys(vocabulary))

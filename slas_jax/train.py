@@ -8,6 +8,7 @@ code 2; ``--verbose`` shows the traceback instead.
 from __future__ import annotations
 
 import runpy
+import signal
 import sys
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from slas_jax import grpo, parallel
+from slas_jax.checkpoint import Checkpointer
 from slas_jax.config import Config, ConfigError, load_config
 from slas_jax.data import build_prompt_source
 from slas_jax.metrics import MetricsWriter, to_python
@@ -117,8 +119,13 @@ def run(config: Config) -> list[dict[str, float]]:
     first = make_batch(0)
     train_step = grpo.jit_train_step(step_fn, state, shardings, first, mesh)
     writer = MetricsWriter(Path(tc.output_dir) / "metrics.jsonl")
+    checkpointer = Checkpointer(Path(tc.output_dir) / "checkpoints") if tc.checkpoint_every else None
+    if checkpointer is not None and checkpointer.latest_step() is not None:
+        state, _ = checkpointer.restore(state, shardings)
+        tqdm.write(f"resumed from step {int(state.step)} in {tc.output_dir}/checkpoints")
     base_key = jax.random.PRNGKey(tc.seed)
     history = []
+    stop = _PreemptionFlag()
     bar = tqdm(range(int(state.step), tc.num_steps), desc="GRPO", unit="step", dynamic_ncols=True)
     for step in bar:
         start = time.perf_counter()
@@ -134,7 +141,25 @@ def run(config: Config) -> list[dict[str, float]]:
         if step % tc.log_every == 0 or step == tc.num_steps - 1:
             writer.write(step, record)
         bar.set_postfix(reward=f"{record['reward_mean']:.4f}", kl=f"{record['approx_kl']:.2e}")
+        last = step == tc.num_steps - 1
+        if checkpointer is not None and (last or stop.raised or (step + 1) % tc.checkpoint_every == 0):
+            checkpointer.save(state, {"step": step + 1})
+        if stop.raised:
+            tqdm.write(f"stopped by signal after step {step + 1}; rerun the same command to resume")
+            break
     return history
+
+
+class _PreemptionFlag:
+    """Turns SIGTERM (what a preempted TPU VM / Kubernetes pod receives) into a checked flag, so the loop
+    finishes the step in flight, saves and exits instead of dying mid-write."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        signal.signal(signal.SIGTERM, self._set)
+
+    def _set(self, *_: object) -> None:
+        self.raised = True
 
 
 def main(argv: list[str] | None = None) -> int:

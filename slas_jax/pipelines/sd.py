@@ -1,0 +1,172 @@
+"""The Stable Diffusion 1.x / 2.x pipeline: CLIP text encoder -> UNet (DDIM with eta, CFG) -> VAE decode.
+
+From a diffusers folder (``unet/``, ``text_encoder/``, ``tokenizer/``, ``vae/``, ``scheduler/``,
+``model_index.json``), or, without a checkpoint, randomly initialised UNet and CLIP text encoder of the same
+classes working in pixel space (no VAE) with a word-level tokenizer: the CPU testbeds' configuration.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+from flax import nnx
+
+from slas_jax.config import Config
+from slas_jax.grpo import Pipeline
+from slas_jax.models import clip, unet, vae
+from slas_jax.models.convert import ConversionError
+from slas_jax.pipelines import PipelineBundle
+from slas_jax.samplers import DDIMSampler, ddim_timesteps, scaled_linear_alphas_cumprod
+from slas_jax.tokenizers import Tokenize, WordTokenizer, load_hf_tokenizer
+
+REQUIRED_FILES = (
+    "model_index.json",
+    "unet/config.json",
+    "text_encoder/config.json",
+    "vae/config.json",
+    "tokenizer/vocab.json",
+    "tokenizer/merges.txt",
+    "scheduler/scheduler_config.json",
+)
+PUBLISHED = (
+    "e.g. CompVis/stable-diffusion-v1-4 on the Hugging Face Hub (download it on a machine with access)"
+)
+
+
+def check_checkpoint_folder(folder: str | Path, required: Sequence[str], what: str, published: str) -> Path:
+    """The folder as a Path, or ConversionError naming the first missing file and where to get one."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConversionError(
+            f"{what} checkpoint folder {folder} does not exist; expected a diffusers-format folder with "
+            f"{', '.join(required)} — {published}"
+        )
+    for name in required:
+        if not (folder / name).is_file():
+            raise ConversionError(f"{what} checkpoint folder {folder} lacks {name} — {published}")
+    return folder
+
+
+def scheduler_sampler(scheduler_config: dict[str, Any], config: Config) -> DDIMSampler:
+    """A DDIMSampler from a diffusers scheduler_config.json dict and the run's sampler settings."""
+    num_train = scheduler_config.get("num_train_timesteps", 1000)
+    alphas = scaled_linear_alphas_cumprod(
+        num_train,
+        scheduler_config.get("beta_start", 0.00085),
+        scheduler_config.get("beta_end", 0.012),
+        scheduler_config.get("beta_schedule", "scaled_linear"),
+    )
+    timesteps, prev = ddim_timesteps(
+        config.sampler.num_steps, num_train, scheduler_config.get("steps_offset", 0)
+    )
+    return DDIMSampler(
+        alphas_cumprod=alphas,
+        timesteps=timesteps,
+        prev_timesteps=prev,
+        eta=config.sampler.noise_level,
+        final_alpha_cumprod=1.0 if scheduler_config.get("set_alpha_to_one", True) else float(alphas[0]),
+        prediction_type=scheduler_config.get("prediction_type", "epsilon"),
+    )
+
+
+def _assemble(
+    config: Config,
+    unet_model: unet.UNet2DConditionModel,
+    text_model: clip.CLIPTextModel,
+    vae_model: vae.AutoencoderKL | None,
+    tokenize: Tokenize,
+    sampler: DDIMSampler,
+) -> PipelineBundle:
+    unet_graph, unet_params = nnx.split(unet_model)
+    text_graph, text_params = nnx.split(text_model)
+    frozen: dict[str, Any] = {
+        "text": text_params,
+        "uncond_tokens": jnp.asarray(tokenize([config.sampler.negative_prompt])),
+    }
+    resolution = config.model.resolution
+    if vae_model is None:
+        latent_shape = (resolution, resolution, unet_model.config.in_channels)
+    else:
+        vae_graph, frozen["vae"] = nnx.split(vae_model)
+        factor = vae_model.config.downscale
+        latent_shape = (resolution // factor, resolution // factor, unet_model.config.in_channels)
+
+    def denoise(params, x, t, cond):
+        return nnx.merge(unet_graph, params)(x, t, cond)
+
+    def encode(frozen, batch):
+        text = nnx.merge(text_graph, frozen["text"])
+        return text(batch["tokens"]).last_hidden_state, text(frozen["uncond_tokens"]).last_hidden_state
+
+    def decode(frozen, latents):
+        if vae_model is None:
+            images = latents
+        else:
+            images = nnx.merge(vae_graph, frozen["vae"]).image_from_latents(latents)
+        return jnp.clip((images.astype(jnp.float32) + 1.0) / 2.0, 0.0, 1.0)
+
+    pipeline = Pipeline(
+        denoise=denoise, encode=encode, decode=decode, sampler=sampler, latent_shape=latent_shape
+    )
+    return PipelineBundle(pipeline=pipeline, params=unet_params, frozen=frozen, tokenize=tokenize)
+
+
+def random_sd_pipeline(config: Config, vocabulary: Sequence[str], max_length: int) -> PipelineBundle:
+    """A randomly initialised pixel-space UNet + CLIP text encoder from ``config.model`` (architecture fields
+    override the UNet / CLIP text configs), with a word-level tokenizer over ``vocabulary``."""
+    tokenizer = WordTokenizer(vocabulary, max_length)
+    dtype = jnp.dtype(config.model.dtype)
+    rngs = nnx.Rngs(config.model.seed)
+    text_config = clip.CLIPTextConfig(
+        **{
+            "vocab_size": tokenizer.vocab_size,
+            "max_position_embeddings": max_length,
+            "eos_token_id": WordTokenizer.EOS,
+            "dtype": dtype,
+            **config.model.text_architecture,
+        }
+    )
+    unet_config = unet.UNetConfig(
+        **{
+            "in_channels": 3,
+            "out_channels": 3,
+            "sample_size": config.model.resolution,
+            "cross_attention_dim": text_config.hidden_size,
+            "dtype": dtype,
+            "remat": config.model.remat,
+            **config.model.architecture,
+        }
+    )
+    text_model = clip.CLIPTextModel(text_config, rngs=rngs)
+    unet_model = unet.UNet2DConditionModel(unet_config, rngs=rngs)
+    sampler = scheduler_sampler({"steps_offset": 1, "prediction_type": unet_config.prediction_type}, config)
+    return _assemble(config, unet_model, text_model, None, tokenizer, sampler)
+
+
+def load_sd_pipeline(config: Config) -> PipelineBundle:
+    """The pipeline of the diffusers folder ``config.model.checkpoint``."""
+    folder = check_checkpoint_folder(config.model.checkpoint, REQUIRED_FILES, "Stable Diffusion", PUBLISHED)
+    dtype = jnp.dtype(config.model.dtype)
+    scheduler_config = json.loads((folder / "scheduler/scheduler_config.json").read_text())
+    unet_model = unet.load_unet(folder / "unet", dtype=dtype, remat=config.model.remat)
+    text_model = clip.load_clip_text(folder / "text_encoder", dtype=dtype)
+    vae_model = vae.load_vae(folder / "vae", dtype=dtype)
+    tokenize = load_hf_tokenizer(
+        folder / "tokenizer", kind="clip", max_length=text_model.config.max_position_embeddings
+    )
+    return _assemble(
+        config, unet_model, text_model, vae_model, tokenize, scheduler_sampler(scheduler_config, config)
+    )
+
+
+def build_sd_pipeline(
+    config: Config, *, vocabulary: Sequence[str] = (), max_length: int = 16
+) -> PipelineBundle:
+    """From ``config.model.checkpoint`` when set, else a random pixel-space model over ``vocabulary``."""
+    if config.model.checkpoint:
+        return load_sd_pipeline(config)
+    return random_sd_pipeline(config, vocabulary, max_length)
