@@ -183,11 +183,15 @@ def convert_tensors(
         else:
             outs = tuple(auto_layout(array, t.partition("@")[0].rsplit(".", 1)[-1]) for t in targets)
         if len(outs) != len(targets):
-            raise ConversionError(f"{source}: rule for {name} gives {len(outs)} arrays for {len(targets)} targets")
+            raise ConversionError(
+                f"{source}: rule for {name} gives {len(outs)} arrays for {len(targets)} targets"
+            )
         for target, out in zip(targets, outs, strict=True):
             path, _, index = target.partition("@")
             if path not in params:
-                raise ConversionError(f"{source}: tensor {name} maps to {path}, which the model does not have")
+                raise ConversionError(
+                    f"{source}: tensor {name} maps to {path}, which the model does not have"
+                )
             expected = params[path].shape[1:] if index else params[path].shape
             if tuple(out.shape) != tuple(expected):
                 raise ConversionError(
@@ -197,7 +201,9 @@ def convert_tensors(
             if index:
                 slot = stacked.setdefault(path, {})
                 if int(index) in slot:
-                    raise ConversionError(f"{source}: {path}[{index}] is filled twice (second time by {name})")
+                    raise ConversionError(
+                        f"{source}: {path}[{index}] is filled twice (second time by {name})"
+                    )
                 slot[int(index)] = out
             else:
                 if path in filled:
