@@ -108,11 +108,14 @@ def test_mismatched_prompts_score_zero(rendered, mutate):
     assert scores[:, 0].max() == 0.0 and scores[:, 1].max() < 1.0
 
 
-def test_noise_and_blur_keep_scores_exact(rendered):
+@pytest.mark.parametrize(("noise", "blur"), [(0.05, 1.0), (0.1, 0.0)])
+def test_noise_and_blur_keep_scores_exact(rendered, noise, blur):
+    """Gaussian pixel noise of std ``noise`` after a Gaussian blur of std ``blur`` pixels."""
     specs, images, _ = rendered
     specs, images = specs[:1000], images[:1000]
     rng = np.random.default_rng(2)
-    degraded = np.clip(gaussian_blur(images, 1.0) + rng.normal(0.0, 0.05, images.shape), 0.0, 1.0)
+    blurred = gaussian_blur(images, blur) if blur else images
+    degraded = np.clip(blurred + rng.normal(0.0, noise, images.shape), 0.0, 1.0)
     strict, partial = reward.score_batch(degraded.astype(np.float32), specs)
     failed = [s.prompt for s, k in zip(specs, strict, strict=True) if k < 1]
     assert strict.mean() == 1.0 and partial.mean() == 1.0, failed
