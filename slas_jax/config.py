@@ -55,7 +55,9 @@ class SamplerConfig:
     """The stochastic sampler used for rollouts and for re-scoring transitions.
 
     name: "ddim" (eta), "flow_sde" (Flow-GRPO, noise_level a) or "dance_flow" (DanceGRPO FLUX, eta);
-    noise_level: eta or a; shift: flow time shift; guidance_scale: CFG (1 disables it) against
+    noise_level: eta or a; schedule: flow sigmas shifted by ``shift`` (DanceGRPO / SD3) or "dynamic"
+    (FLUX's resolution-dependent shift from the scheduler config); flux_guidance: the distilled guidance
+    value FLUX.1-dev embeds (ignored by models without a guidance embedding); guidance_scale: CFG (1 disables it) against
     ``negative_prompt``;
     same_noise_in_group: all samples of a prompt start from the same noise (DanceGRPO's init_same_noise).
     """
@@ -63,7 +65,9 @@ class SamplerConfig:
     name: Literal["ddim", "flow_sde", "dance_flow"] = "ddim"
     num_steps: int = 10
     noise_level: float = 1.0
+    schedule: Literal["shift", "dynamic"] = "shift"
     shift: float = 1.0
+    flux_guidance: float = 3.5
     guidance_scale: float = 1.0
     negative_prompt: str = ""
     same_noise_in_group: bool = False

@@ -37,7 +37,6 @@ from flax import nnx
 
 from slas_jax.models import convert, layers
 from slas_jax.models.convert import ConversionError, Rule
-from slas_jax.models.t5 import rms_norm, scan_blocks, stacked
 from slas_jax.models.unet import TimestepEmbedding, timestep_embedding
 
 ROPE_THETA = 10000.0
@@ -286,7 +285,7 @@ class FluxAttention(nnx.Module):
             return layers.dense(inner, dim, rngs=rngs, axes=("heads", "embed"), dtype=dtype)
 
         def norm() -> nnx.RMSNorm:
-            return rms_norm(head_dim, eps=1e-6, rngs=rngs, dtype=dtype)
+            return layers.rms_norm(head_dim, eps=1e-6, rngs=rngs, dtype=dtype)
 
         self.to_q, self.to_k, self.to_v = proj_in(), proj_in(), proj_in()
         self.norm_q, self.norm_k = norm(), norm()
@@ -400,10 +399,10 @@ class FluxTransformer2DModel(nnx.Module):
         )
         self.x_embedder = layers.dense(c.in_channels, dim, rngs=rngs, axes=(None, "embed"), dtype=dtype)
         heads, head_dim = c.num_attention_heads, c.attention_head_dim
-        self.transformer_blocks = stacked(
+        self.transformer_blocks = layers.stacked(
             lambda r: FluxTransformerBlock(dim, heads, head_dim, rngs=r, dtype=dtype), c.num_layers, rngs
         )
-        self.single_transformer_blocks = stacked(
+        self.single_transformer_blocks = layers.stacked(
             lambda r: FluxSingleTransformerBlock(dim, heads, head_dim, rngs=r, dtype=dtype),
             c.num_single_layers,
             rngs,
@@ -444,9 +443,9 @@ class FluxTransformer2DModel(nnx.Module):
         context = self.context_embedder(encoder_hidden_states.astype(c.dtype))
         rope = rope_frequencies(jnp.concatenate([txt_ids, img_ids], axis=0), c.axes_dims_rope)
 
-        x, context = scan_blocks(self.transformer_blocks, (x, context), temb, rope, remat=c.remat)
+        x, context = layers.scan_blocks(self.transformer_blocks, (x, context), temb, rope, remat=c.remat)
         m = context.shape[1]
-        joint = scan_blocks(
+        joint = layers.scan_blocks(
             self.single_transformer_blocks, jnp.concatenate([context, x], axis=1), temb, rope, remat=c.remat
         )
         x, _ = self.norm_out(joint[:, m:], temb)

@@ -13,7 +13,7 @@ Parameters are float32 by default; ``dtype`` is the compute dtype (e.g. bfloat16
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -159,12 +159,60 @@ def param(
 
 
 def remat_call(module: nnx.Module, *args: Any, enabled: bool) -> Any:
-    """``module(*args)``; when ``enabled``, under ``nnx.remat`` so its activations are recomputed in the
+    """``module(*args)``; when ``enabled``, under ``jax.checkpoint`` so its activations are recomputed in the
     backward pass instead of stored (gradient checkpointing per block). Pass arrays positionally: closing
-    over them would hide them from the rematerialisation boundary."""
+    over them would hide them from the rematerialisation boundary.
+
+    Plain JAX transforms over ``nnx.split`` state (not ``nnx.remat``) so that a module merged from traced
+    parameters, e.g. inside the rollout's ``lax.scan``, can be called at any trace level. Modules called
+    this way must not mutate their state (no batch statistics), which holds for every backbone here."""
     if not enabled:
         return module(*args)
-    return nnx.remat(lambda m, *a: m(*a))(module, *args)
+    graphdef, state = nnx.split(module)
+    return jax.checkpoint(lambda s, *a: nnx.merge(graphdef, s)(*a))(state, *args)
+
+
+def rms_norm(
+    num_features: int, *, rngs: nnx.Rngs, eps: float = 1e-6, dtype: jnp.dtype | None = None
+) -> nnx.RMSNorm:
+    """RMS norm over the last axis, x / sqrt(mean(x^2) + eps) * scale, statistics in float32 (T5LayerNorm,
+    torch.nn.RMSNorm)."""
+    return nnx.RMSNorm(
+        num_features,
+        epsilon=eps,
+        dtype=dtype,
+        use_fast_variance=False,
+        scale_init=with_axes(nnx.initializers.ones_init(), ("norm",)),
+        rngs=rngs,
+    )
+
+
+def stacked(make: Callable[[nnx.Rngs], nnx.Module], depth: int, rngs: nnx.Rngs) -> nnx.Module:
+    """``depth`` independent copies of ``make(rngs)`` as one module whose parameters have a leading axis of
+    size ``depth`` (logical name ``layers``), to be run with :func:`scan_blocks`."""
+
+    @nnx.split_rngs(splits=depth)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def build(rngs: nnx.Rngs) -> nnx.Module:
+        return make(rngs)
+
+    return build(rngs)
+
+
+def scan_blocks(stack: nnx.Module, carry: Any, *broadcast: Any, remat: bool) -> Any:
+    """Applies the blocks of a :func:`stacked` module in order: ``carry = block(*carry, *broadcast)``.
+
+    carry: an array or a tuple of arrays (the block's first arguments, returned in the same structure);
+    broadcast: arguments every block receives unchanged. One compiled block body, whatever the depth.
+    A plain ``lax.scan`` over the stacked state (see :func:`remat_call` for why not ``nnx.scan``).
+    """
+    graphdef, state = nnx.split(stack)
+
+    def body(carry: Any, layer_state: Any) -> tuple[Any, None]:
+        args = carry if isinstance(carry, tuple) else (carry,)
+        return remat_call(nnx.merge(graphdef, layer_state), *args, *broadcast, enabled=remat), None
+
+    return jax.lax.scan(body, carry, state)[0]
 
 
 def attention(

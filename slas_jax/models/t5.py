@@ -38,21 +38,6 @@ _FEED_FORWARDS: dict[str, tuple[bool, Callable[[jax.Array], jax.Array]]] = {
 }
 
 
-def rms_norm(
-    num_features: int, *, rngs: nnx.Rngs, eps: float = 1e-6, dtype: jnp.dtype | None = None
-) -> nnx.RMSNorm:
-    """RMS norm over the last axis, x / sqrt(mean(x^2) + eps) * scale, statistics in float32 (T5LayerNorm,
-    torch.nn.RMSNorm). Belongs in ``layers`` beside ``layer_norm``; it lives here until that file is free."""
-    return nnx.RMSNorm(
-        num_features,
-        epsilon=eps,
-        dtype=dtype,
-        use_fast_variance=False,
-        scale_init=layers.with_axes(nnx.initializers.ones_init(), ("norm",)),
-        rngs=rngs,
-    )
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class T5Config:
     """Architecture of a T5 encoder (field names follow transformers' config.json)."""
@@ -199,7 +184,7 @@ class T5LayerSelfAttention(nnx.Module):
 
     def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
         self.SelfAttention = T5Attention(config, rngs=rngs)
-        self.layer_norm = rms_norm(
+        self.layer_norm = layers.rms_norm(
             config.d_model, eps=config.layer_norm_epsilon, rngs=rngs, dtype=config.dtype
         )
 
@@ -235,7 +220,7 @@ class T5LayerFF(nnx.Module):
 
     def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
         self.DenseReluDense = T5DenseActDense(config, rngs=rngs)
-        self.layer_norm = rms_norm(
+        self.layer_norm = layers.rms_norm(
             config.d_model, eps=config.layer_norm_epsilon, rngs=rngs, dtype=config.dtype
         )
 
@@ -255,32 +240,6 @@ class T5Block(nnx.Module):
         return self.layer[1](self.layer[0](x, position_bias, mask))
 
 
-def stacked(make: Callable[[nnx.Rngs], nnx.Module], depth: int, rngs: nnx.Rngs) -> nnx.Module:
-    """``depth`` independent copies of ``make(rngs)`` as one module whose parameters have a leading axis of
-    size ``depth`` (logical name ``layers``), to be run with :func:`scan_blocks`."""
-
-    @nnx.split_rngs(splits=depth)
-    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
-    def build(rngs: nnx.Rngs) -> nnx.Module:
-        return make(rngs)
-
-    return build(rngs)
-
-
-def scan_blocks(stack: nnx.Module, carry: Any, *broadcast: Any, remat: bool) -> Any:
-    """Applies the blocks of a :func:`stacked` module in order: ``carry = block(*carry, *broadcast)``.
-
-    carry: an array or a tuple of arrays (the block's first arguments, returned in the same structure);
-    broadcast: arguments every block receives unchanged. One compiled block body, whatever the depth.
-    """
-
-    def body(carry: Any, block: nnx.Module) -> Any:
-        args = carry if isinstance(carry, tuple) else (carry,)
-        return layers.remat_call(block, *args, *broadcast, enabled=remat)
-
-    return nnx.scan(body, in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)(carry, stack)
-
-
 class T5Stack(nnx.Module):
     """The encoder: scanned blocks sharing one relative position bias, then the final RMS norm."""
 
@@ -291,8 +250,8 @@ class T5Stack(nnx.Module):
         self.relative_attention_bias = layers.param(
             (config.relative_attention_num_buckets, config.num_heads), (None, "heads"), rngs=rngs
         )
-        self.block = stacked(lambda r: T5Block(config, rngs=r), config.num_layers, rngs)
-        self.final_layer_norm = rms_norm(
+        self.block = layers.stacked(lambda r: T5Block(config, rngs=r), config.num_layers, rngs)
+        self.final_layer_norm = layers.rms_norm(
             config.d_model, eps=config.layer_norm_epsilon, rngs=rngs, dtype=config.dtype
         )
 
@@ -308,7 +267,7 @@ class T5Stack(nnx.Module):
             max_distance=c.relative_attention_max_distance,
         )
         position_bias = jnp.transpose(self.relative_attention_bias[...][buckets], (2, 0, 1))  # (heads, q, k)
-        x = scan_blocks(self.block, x, position_bias, mask, remat=c.remat)
+        x = layers.scan_blocks(self.block, x, position_bias, mask, remat=c.remat)
         return self.final_layer_norm(x)
 
 
