@@ -21,7 +21,9 @@ Scoring (``evaluate``) follows GenEval's metadata semantics with exact counts, a
             objects (GenEval's relative-position rule), and every exclude clause finds fewer than ``count``.
   partial = the mean of per-condition terms (Flow-GRPO's GenEval training reward): per include clause
             max(0, 1 - |found - count| / count), plus min(coloured, count) / count when it names a colour,
-            plus 1 / 0 for its relation; 1 / 0 per exclude clause. strict == 1 exactly when partial == 1.
+            plus 1 / 0 for its relation. Exclude clauses enter only strict (as in Flow-GRPO: counting's exclude
+            restates the exact count, and an empty image must not earn it), so strict == 1 exactly when
+            partial == 1 for GenEval-style metadata.
 Objects of classes a prompt does not mention are not penalised (as in GenEval).
 """
 
@@ -270,11 +272,12 @@ def evaluate(objects: Sequence[DetectedObject], spec: PromptSpec) -> tuple[float
             )
             terms.append(float(holds))
         groups.append(group)
-    for clause in spec.exclude:
-        present = [o for o in objects if o.shape == clause.class_name and clause.color in (None, o.color)]
-        terms.append(float(len(present) < clause.count))
     partial = float(np.mean(terms))
-    return float(partial == 1.0), partial
+    excluded = all(
+        sum(o.shape == c.class_name and c.color in (None, o.color) for o in objects) < c.count
+        for c in spec.exclude
+    )
+    return float(partial == 1.0 and excluded), partial
 
 
 def _as_spec(metadata: PromptSpec | Mapping[str, Any]) -> PromptSpec:

@@ -137,9 +137,10 @@ def test_partial_score_counts_satisfied_conditions():
     def counting(n: int) -> PromptSpec:
         return PromptSpec("", "counting", (Clause("circle", n, "red"),), (Clause("circle", n + 1),))
 
-    # count term max(0, 1 - |3 - n| / n), colour term min(3, n) / n, exclude term [3 < n + 1].
-    assert reward.score(image, counting(4)) == pytest.approx((0.0, (0.75 + 0.75 + 1.0) / 3))
-    assert reward.score(image, counting(2)) == pytest.approx((0.0, (0.5 + 1.0 + 0.0) / 3))
+    # Count term max(0, 1 - |3 - n| / n) and colour term min(3, n) / n; the exclude clause only gates strict.
+    assert reward.score(image, counting(4)) == pytest.approx((0.0, (0.75 + 0.75) / 2))
+    assert reward.score(image, counting(2)) == pytest.approx((0.0, (0.5 + 1.0) / 2))
+    assert reward.score(np.ones_like(image), counting(3)) == (0.0, 0.0)
     blue = PromptSpec("", "colors", (Clause("circle", 3, "blue"),))
     assert reward.score(image, blue) == pytest.approx((0.0, 0.5))
     assert reward.score(image, three.to_geneval()) == (1.0, 1.0)
