@@ -112,10 +112,15 @@ def make_train_step(
     tx: optax.GradientTransformation,
     config: Config,
     mesh: Mesh | None = None,
+    *,
+    return_samples: bool = False,
 ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
     """The un-jitted step ``(state, batch, key) -> (state, metrics)``; see :func:`jit_train_step`.
 
     batch: prompt-level arrays with leading axis prompts_per_step (tokens, reward metadata, ...).
+    Metrics are scalars; with ``return_samples`` they also hold the rollout's ``samples/images``
+    (prompts x group, h, w, 3) and ``samples/rewards`` (prompts x group,), sample b from prompt b // group,
+    for host-side evaluation (e.g. a ground-truth scorer beside a learned training reward).
     """
     tc, lc, sc, ac = config.train, config.loss, config.sampler, config.advantage
     group, micro, accum = tc.group_size, tc.micro_batch_size, tc.grad_accum_steps
@@ -225,6 +230,9 @@ def make_train_step(
         out["reward_std"] = jnp.std(rewards)
         out["advantage_abs_mean"] = jnp.mean(jnp.abs(adv))
         out["zero_std_fraction"] = adv_stats["zero_std_fraction"]
+        if return_samples:
+            out["samples/images"] = images
+            out["samples/rewards"] = rewards
         new_state = state.replace(
             step=state.step + 1,
             params=params,
@@ -234,6 +242,35 @@ def make_train_step(
         return new_state, out
 
     return train_step
+
+
+def make_generate(pipeline: Pipeline, config: Config) -> Callable[..., jax.Array]:
+    """A jitted sampler for evaluation: ``(params, frozen, batch, key) -> images`` of shape
+    (prompts x samples_per_prompt, h, w, 3) float32 in [0, 1], with the run's sampler, CFG and noise.
+
+    ``samples_per_prompt`` is static (a keyword of the returned function, default 1).
+    """
+    sc = config.sampler
+
+    def generate(
+        params: Any, frozen: Any, batch: Batch, key: jax.Array, samples_per_prompt: int = 1
+    ) -> jax.Array:
+        cond, uncond = pipeline.encode(frozen, batch)
+        traj = sample_trajectories(
+            pipeline.denoise,
+            params,
+            cond,
+            uncond,
+            key,
+            sampler=pipeline.sampler,
+            latent_shape=pipeline.latent_shape,
+            group_size=samples_per_prompt,
+            guidance_scale=sc.guidance_scale,
+            same_noise_in_group=False,
+        )
+        return pipeline.decode(frozen, traj.final)
+
+    return jax.jit(generate, static_argnames="samples_per_prompt")
 
 
 def jit_train_step(

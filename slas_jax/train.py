@@ -113,7 +113,8 @@ def run(config: Config) -> list[dict[str, float]]:
 
     def make_batch(start: int) -> dict[str, np.ndarray]:
         texts, arrays = prompts.batch(start, tc.prompts_per_step)
-        return {"tokens": bundle.tokenize(texts), **arrays}
+        extra = reward.prepare(texts) if reward.prepare is not None else {}
+        return {"tokens": bundle.tokenize(texts), **arrays, **extra}
 
     step_fn = grpo.make_train_step(bundle.pipeline, reward_fn, tx, config, mesh)
     first = make_batch(0)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import jax
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -15,10 +16,13 @@ class Reward:
 
     params: the reward model's frozen parameters (None for programmatic rewards); they travel inside the
     train state so they are sharded and jit arguments rather than compiled-in constants.
+    prepare: host-side prompts -> per-prompt arrays the reward needs in the batch (e.g. its own tokenizer's
+    ids under a key of its own), merged into every training batch; None when the reward needs nothing.
     """
 
     fn: Callable[[Any, jax.Array, Mapping[str, jax.Array]], jax.Array]
     params: Any = None
+    prepare: Callable[[Sequence[str]], dict[str, np.ndarray]] | None = None
 
 
 RewardBuilder = Callable[..., Reward]
