@@ -34,7 +34,8 @@ class ModelConfig:
     folder, or None for a randomly initialised model in pixel space (no VAE) built from ``architecture``
     (backbone config fields) and ``text_architecture`` (text encoder config fields); resolution: image side
     in pixels; dtype: compute dtype, parameters stay float32; remat: gradient checkpointing per block;
-    seed: initialisation of a random model.
+    seed: initialisation of a random model; init_checkpoint: a project checkpoint (``python -m
+    slas_jax.pretrain``) whose backbone and text encoder weights replace the random ones.
     """
 
     family: Literal["unet", "flux"] = "unet"
@@ -45,8 +46,14 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16"] = "float32"
     remat: bool = False
     seed: int = 0
+    init_checkpoint: str | None = None
 
     def validate(self, name: str) -> None:
+        _require(
+            not (self.checkpoint and self.init_checkpoint),
+            f"{name}.init_checkpoint",
+            "applies to randomly initialised models only; unset it or model.checkpoint",
+        )
         _require(self.resolution >= 8, f"{name}.resolution", f"must be >= 8, got {self.resolution}")
 
 

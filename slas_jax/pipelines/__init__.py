@@ -31,9 +31,12 @@ def build_pipeline(config: Config, vocabulary: Sequence[str] = ()) -> PipelineBu
     """The pipeline of ``config.model.family``; ``vocabulary`` (the prompt source's words) sizes the
     word-level tokenizer of a randomly initialised model. Imported here: each family module imports this one."""
     if config.model.family == "unet":
-        from slas_jax.pipelines.sd import build_sd_pipeline
+        from slas_jax.pipelines.sd import build_sd_pipeline as build
+    else:
+        from slas_jax.pipelines.flux import build_flux_pipeline as build
+    bundle = build(config, vocabulary=vocabulary)
+    if config.model.init_checkpoint:
+        from slas_jax.pipelines.pretrained import restore_pretrained
 
-        return build_sd_pipeline(config, vocabulary=vocabulary)
-    from slas_jax.pipelines.flux import build_flux_pipeline
-
-    return build_flux_pipeline(config, vocabulary=vocabulary)
+        bundle = restore_pretrained(bundle, config.model.init_checkpoint)
+    return bundle
