@@ -285,7 +285,7 @@ VOCABULARY = tuple(
 
 def make_tokenizer(max_length: int = MAX_TOKENS) -> WordTokenizer:
     """Word-level tokenizer over the grammar's words: (n,) prompts -> (n, max_length) int32 ids with
-    0 pad, 1 bos, 2 eos, 3 unknown (never produced by the grammar), then VOCABULARY."""
+    0 pad, 1 bos, 2 unknown (never produced by the grammar), 3 eos, then VOCABULARY."""
     return WordTokenizer(VOCABULARY, max_length)
 
 
