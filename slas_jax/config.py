@@ -163,7 +163,6 @@ class TrainConfig:
     grad_accum_steps: int = 1
     seed: int = 0
     log_every: int = 1
-    eval_every: int = 10
     checkpoint_every: int = 0
     output_dir: str = "runs/default"
 
@@ -229,6 +228,39 @@ class DataConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """Evaluation beside the training reward (off when ``scorer`` is None).
+
+    scorer: host ground-truth scorer (``slas_jax.evaluate.SCORERS``), applied to every step's rollout
+    samples and, every ``every`` steps, to ``num_prompts`` fixed prompts of each set in ``sets``
+    ({name: {"name": source, "options": {...}}}, e.g. in-domain and held-out), ``samples_per_prompt``
+    each, with a fixed key ``seed``; ``grid_prompts`` prompts per set go into the before/after grids.
+    """
+
+    scorer: str | None = None
+    every: int = 10
+    sets: Mapping[str, Any] = field(default_factory=dict)
+    num_prompts: int = 16
+    samples_per_prompt: int = 2
+    grid_prompts: int = 8
+    seed: int = 1234
+
+    def validate(self, name: str) -> None:
+        _require(self.every >= 1, f"{name}.every", "must be >= 1")
+        _require(
+            self.num_prompts >= 1 and self.samples_per_prompt >= 1,
+            name,
+            "num_prompts and samples_per_prompt must be >= 1",
+        )
+        for set_name, source in self.sets.items():
+            _require(
+                isinstance(source, Mapping) and "name" in source,
+                f"{name}.sets.{set_name}",
+                "needs a source name",
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """A whole run."""
 
@@ -241,6 +273,7 @@ class Config:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self, name: str = "") -> None:
         for f in dataclasses.fields(self):

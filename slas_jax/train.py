@@ -23,6 +23,7 @@ from slas_jax import grpo, parallel
 from slas_jax.checkpoint import Checkpointer
 from slas_jax.config import Config, ConfigError, load_config
 from slas_jax.data import build_prompt_source
+from slas_jax.evaluate import Evaluator, save_curves, write_summary
 from slas_jax.metrics import MetricsWriter, to_python
 from slas_jax.models.convert import ConversionError
 from slas_jax.pipelines import build_pipeline
@@ -111,43 +112,81 @@ def run(config: Config) -> list[dict[str, float]]:
     def reward_fn(frozen_tree, images, batch):
         return reward.fn(frozen_tree["reward"], images, batch)
 
+    def prepare(texts: list[str]) -> dict[str, np.ndarray]:
+        extra = reward.prepare(texts) if reward.prepare is not None else {}
+        return {"tokens": bundle.tokenize(texts), **extra}
+
     def make_batch(start: int) -> dict[str, np.ndarray]:
         texts, arrays = prompts.batch(start, tc.prompts_per_step)
-        extra = reward.prepare(texts) if reward.prepare is not None else {}
-        return {"tokens": bundle.tokenize(texts), **arrays, **extra}
+        return {**prepare(texts), **arrays}
 
-    step_fn = grpo.make_train_step(bundle.pipeline, reward_fn, tx, config, mesh)
+    out_dir = Path(tc.output_dir)
+    evaluator = Evaluator(config, bundle, prepare) if config.eval.scorer else None
+    step_fn = grpo.make_train_step(
+        bundle.pipeline, reward_fn, tx, config, mesh, return_samples=evaluator is not None
+    )
     first = make_batch(0)
     train_step = grpo.jit_train_step(step_fn, state, shardings, first, mesh)
-    writer = MetricsWriter(Path(tc.output_dir) / "metrics.jsonl")
-    checkpointer = Checkpointer(Path(tc.output_dir) / "checkpoints") if tc.checkpoint_every else None
+    writer = MetricsWriter(out_dir / "metrics.jsonl")
+    checkpointer = Checkpointer(out_dir / "checkpoints") if tc.checkpoint_every else None
     if checkpointer is not None and checkpointer.latest_step() is not None:
         state, _ = checkpointer.restore(state, shardings)
-        tqdm.write(f"resumed from step {int(state.step)} in {tc.output_dir}/checkpoints")
+        tqdm.write(f"resumed from step {int(state.step)} in {out_dir}/checkpoints")
+    before = {}
+    if evaluator is not None:
+        before = evaluator.evaluate(state.params, state.frozen)
+        evaluator.grid(
+            state.params,
+            state.frozen,
+            out_dir / "samples_before.png",
+            f"before training (step {int(state.step)})",
+        )
     base_key = jax.random.PRNGKey(tc.seed)
     history = []
     stop = _PreemptionFlag()
+    started = time.perf_counter()
     bar = tqdm(range(int(state.step), tc.num_steps), desc="GRPO", unit="step", dynamic_ncols=True)
     for step in bar:
         start = time.perf_counter()
         batch = make_batch(int(state.data_index))
         state, metrics = train_step(state, batch, jax.random.fold_in(base_key, step))
+        images = metrics.pop("samples/images", None)
+        metrics.pop("samples/rewards", None)
         record = to_python(metrics)
-        record["step_time_s"] = time.perf_counter() - start
         if not np.isfinite(record["policy_loss"]):
             raise FloatingPointError(
                 f"loss became {record['policy_loss']} at step {step}; lower optim.learning_rate"
             )
-        history.append(record)
-        if step % tc.log_every == 0 or step == tc.num_steps - 1:
-            writer.write(step, record)
-        bar.set_postfix(reward=f"{record['reward_mean']:.4f}", kl=f"{record['approx_kl']:.2e}")
         last = step == tc.num_steps - 1
+        if evaluator is not None:
+            record.update(evaluator.score_rollout(np.asarray(images), batch, tc.group_size))
+            if (step + 1) % config.eval.every == 0 or last:
+                record.update(evaluator.evaluate(state.params, state.frozen))
+        record["step_time_s"] = time.perf_counter() - start
+        history.append(record)
+        if step % tc.log_every == 0 or last:
+            writer.write(step, record)
+        postfix = {"reward": f"{record['reward_mean']:.4f}"}
+        if "truth/strict" in record:
+            postfix["truth"] = f"{record['truth/strict']:.2f}"
+        bar.set_postfix(postfix)
         if checkpointer is not None and (last or stop.raised or (step + 1) % tc.checkpoint_every == 0):
             checkpointer.save(state, {"step": step + 1})
         if stop.raised:
             tqdm.write(f"stopped by signal after step {step + 1}; rerun the same command to resume")
             break
+    if evaluator is not None and history:
+        after = {k: v for k, v in history[-1].items() if "/" in k and not k.startswith("truth/")}
+        evaluator.grid(
+            state.params,
+            state.frozen,
+            out_dir / "samples_after.png",
+            f"after {int(state.step)} GRPO steps ({config.advantage.method})",
+        )
+        save_curves(
+            history, out_dir / "curves.png", f"{config.advantage.method}: reward {config.reward.name}"
+        )
+        write_summary(out_dir / "summary.md", config, history, before, after, time.perf_counter() - started)
     return history
 
 

@@ -1,0 +1,232 @@
+"""Evaluation during and after training: ground-truth scoring of samples on host, fixed evaluation prompt
+sets (in-domain and held-out), before/after sample grids, reward curves and a markdown run summary.
+
+A *scorer* is a host function ``(images (n, h, w, 3) float32 in [0, 1], arrays with leading axis n) ->
+{"strict": (n,), "partial": (n,)}`` registered in ``SCORERS``; it judges samples independently of the
+training reward (e.g. the shapes ground truth beside a learned proxy), which is how reward hacking shows:
+the training reward climbs while the truth does not.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from PIL import Image, ImageDraw
+
+from slas_jax.config import Config, DataConfig
+from slas_jax.data import build_prompt_source
+from slas_jax.grpo import make_generate
+from slas_jax.pipelines import PipelineBundle
+
+Scorer = Callable[[np.ndarray, Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+def shapes_scorer(images: np.ndarray, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The shapes testbed's GenEval-style ground truth; needs ``shapes_spec`` in ``arrays``."""
+    from slas_jax.data.shapes import decode_spec
+    from slas_jax.rewards.shapes import score_batch
+
+    strict, partial = score_batch(
+        np.asarray(images, np.float32), [decode_spec(e) for e in arrays["shapes_spec"]]
+    )
+    return {"strict": strict, "partial": partial}
+
+
+SCORERS: dict[str, Scorer] = {"shapes": shapes_scorer}
+
+
+def repeat_rows(arrays: Mapping[str, np.ndarray], times: int) -> dict[str, np.ndarray]:
+    """Repeats each array's leading (prompt) axis ``times`` times: per-prompt -> per-sample."""
+    return {k: np.repeat(np.asarray(v), times, axis=0) for k, v in arrays.items()}
+
+
+@dataclass
+class EvalSet:
+    """A fixed set of evaluation prompts: texts, tokenised batch (device arrays) and host arrays."""
+
+    name: str
+    prompts: list[str]
+    batch: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+
+
+class Evaluator:
+    """Scores rollout samples every step and fixed prompt sets every ``eval.every`` steps.
+
+    ``evaluate(params, frozen)`` samples ``samples_per_prompt`` images for each fixed prompt with a fixed
+    key (the same noise before and after training) and returns ``{f"{set}/{metric}": mean}``.
+    """
+
+    def __init__(
+        self, config: Config, bundle: PipelineBundle, prepare: Callable[[list[str]], dict[str, Any]]
+    ):
+        ec = config.eval
+        if ec.scorer not in SCORERS:
+            raise ValueError(
+                f"config.eval.scorer: unknown scorer {ec.scorer!r}; choose one of {sorted(SCORERS)}"
+            )
+        self.config = ec
+        self.scorer = SCORERS[ec.scorer]
+        self.generate = make_generate(bundle.pipeline, config)
+        self.key = jax.random.PRNGKey(ec.seed)
+        self.sets = []
+        for name, source_config in ec.sets.items():
+            source = build_prompt_source(
+                DataConfig(name=source_config["name"], options=source_config.get("options", {}))
+            )
+            prompts, arrays = source.batch(0, ec.num_prompts)
+            self.sets.append(EvalSet(name, prompts, prepare(prompts), arrays))
+
+    def score_rollout(
+        self, images: np.ndarray, arrays: Mapping[str, np.ndarray], group_size: int
+    ) -> dict[str, float]:
+        """Ground truth of the training samples: ``truth/strict`` and ``truth/partial`` means."""
+        scores = self.scorer(images, repeat_rows(arrays, group_size))
+        return {f"truth/{k}": float(np.mean(v)) for k, v in scores.items()}
+
+    def sample(self, params: Any, frozen: Any, eval_set: EvalSet) -> np.ndarray:
+        """(prompts x samples_per_prompt, h, w, 3) images of ``eval_set``, sample b from prompt b // spp."""
+        images = self.generate(
+            params, frozen, eval_set.batch, self.key, samples_per_prompt=self.config.samples_per_prompt
+        )
+        return np.asarray(images)
+
+    def evaluate(self, params: Any, frozen: Any) -> dict[str, float]:
+        """Mean scores per fixed set, e.g. ``held_out/strict``."""
+        out = {}
+        for eval_set in self.sets:
+            images = self.sample(params, frozen, eval_set)
+            scores = self.scorer(images, repeat_rows(eval_set.arrays, self.config.samples_per_prompt))
+            out.update({f"{eval_set.name}/{k}": float(np.mean(v)) for k, v in scores.items()})
+        return out
+
+    def grid(self, params: Any, frozen: Any, path: str | Path, title: str) -> None:
+        """A PNG grid: one row per fixed set, ``grid_prompts`` prompts x their samples, captioned."""
+        rows = []
+        for eval_set in self.sets:
+            images = self.sample(params, frozen, eval_set)
+            n = min(self.config.grid_prompts, len(eval_set.prompts))
+            spp = self.config.samples_per_prompt
+            rows.append(
+                (eval_set.name, eval_set.prompts[:n], images[: n * spp].reshape(n, spp, *images.shape[1:]))
+            )
+        save_grid(rows, path, title)
+
+
+def save_grid(
+    rows: Sequence[tuple[str, Sequence[str], np.ndarray]], path: str | Path, title: str, scale: int = 4
+) -> None:
+    """rows: (set name, prompts (n,), images (n, samples, h, w, 3) in [0, 1]); one captioned cell per prompt
+    holding its samples stacked vertically, images upscaled ``scale`` times (nearest) for visibility."""
+    cell_w = max(images.shape[3] for _, _, images in rows) * scale + 8
+    cell_h = max(images.shape[1] * images.shape[2] for _, _, images in rows) * scale + 36
+    width = max(len(prompts) for _, prompts, _ in rows) * cell_w + 8
+    canvas = Image.new("RGB", (max(width, 320), 24 + len(rows) * (cell_h + 18)), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((8, 6), title, fill="black")
+    for r, (name, prompts, images) in enumerate(rows):
+        top = 24 + r * (cell_h + 18)
+        draw.text((8, top), name, fill="gray")
+        for c, prompt in enumerate(prompts):
+            left = 8 + c * cell_w
+            column = np.concatenate(list(images[c]), axis=0)
+            pixels = (np.clip(column, 0, 1) * 255).astype(np.uint8)
+            tile = Image.fromarray(pixels).resize(
+                (pixels.shape[1] * scale, pixels.shape[0] * scale), Image.NEAREST
+            )
+            canvas.paste(tile, (left, top + 14))
+            for line, text in enumerate(_wrap(prompt, 18)[:2]):
+                draw.text((left, top + 16 + tile.height + 10 * line), text, fill="black")
+    canvas.save(path)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines, current = [], ""
+    for word in text.split():
+        if current and len(current) + 1 + len(word) > width:
+            lines.append(current)
+            current = word
+        else:
+            current = f"{current} {word}".strip()
+    return [*lines, current]
+
+
+def save_curves(
+    history: Sequence[Mapping[str, float]], before: Mapping[str, float], path: str | Path, title: str
+) -> None:
+    """Reward curves PNG over updates done: rollout metrics of step i sit at x = i (sampled after i
+    updates), fixed-set accuracies measured after step i at x = i + 1, and ``before`` at x = 0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = np.arange(len(history))
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    ax.plot(steps, [h["reward_mean"] for h in history], label="training reward", color="tab:blue")
+    for key, color in (("truth/partial", "tab:green"), ("truth/strict", "tab:olive")):
+        if key in history[0]:
+            ax.plot(
+                steps,
+                [h[key] for h in history],
+                label=f"ground truth {key.split('/')[1]} (train samples)",
+                color=color,
+            )
+    fixed_sets = sorted(
+        {k for h in [before, *history] for k in h if k.endswith("/strict") and not k.startswith("truth/")}
+    )
+    for key in fixed_sets:
+        points = [(0, before[key])] if key in before else []
+        points += [(i + 1, h[key]) for i, h in enumerate(history) if key in h and not math.isnan(h[key])]
+        xs, ys = zip(*points, strict=True)
+        ax.plot(xs, ys, marker="o", linestyle="--", label=f"{key} (fixed prompts)")
+    ax.set_xlabel("GRPO updates done")
+    ax.set_ylabel("score")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_summary(
+    path: str | Path,
+    config: Config,
+    history: Sequence[Mapping[str, float]],
+    before: Mapping[str, float],
+    after: Mapping[str, float],
+    seconds: float,
+) -> None:
+    """A short markdown report: setup, before -> after table, files of the run folder."""
+    first, last = history[0], history[-1]
+    lines = [
+        f"# GRPO run: {config.advantage.method} on {config.model.family}",
+        "",
+        f"- reward: `{config.reward.name}`, prompts: `{config.data.name}`, steps: {len(history)}, "
+        f"prompts x group: {config.train.prompts_per_step} x {config.train.group_size}, wall time {seconds:.0f} s",
+        f"- advantage: `{config.advantage.method}` (gamma {config.advantage.gamma}), clip range "
+        f"{config.loss.clip_range}, lr {config.optim.learning_rate}",
+        "",
+        "| metric | before | after |",
+        "| --- | --- | --- |",
+        f"| training reward (rollout mean) | {first['reward_mean']:.4f} | {last['reward_mean']:.4f} |",
+    ]
+    for key in sorted(set(before) | set(after)):
+        lines.append(f"| {key} | {before.get(key, float('nan')):.4f} | {after.get(key, float('nan')):.4f} |")
+    if "truth/partial" in last:
+        gap_first = first["reward_mean"] - first["truth/partial"]
+        gap_last = last["reward_mean"] - last["truth/partial"]
+        lines.append(
+            f"| training reward − ground-truth partial (hacking gap) | {gap_first:.4f} | {gap_last:.4f} |"
+        )
+    lines += ["", "Files: `metrics.jsonl`, `curves.png`, `samples_before.png`, `samples_after.png`.", ""]
+    Path(path).write_text("\n".join(lines))
+    Path(path).with_name("final.json").write_text(json.dumps({"before": before, "after": after}, indent=2))
