@@ -1,6 +1,6 @@
 """Prompt sources (registered by name) and testbed data."""
 
-from slas_jax.data import brightness, prompts, shapes
+from slas_jax.data import brightness, prompts, shapes, text_file
 from slas_jax.data.sources import SOURCES, PromptSource, build_prompt_source, register_source
 
 __all__ = [
@@ -11,4 +11,5 @@ __all__ = [
     "prompts",
     "register_source",
     "shapes",
+    "text_file",
 ]
