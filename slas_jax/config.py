@@ -355,3 +355,32 @@ def load_config(values: Any) -> Config:
     config = from_mapping(Config, values)
     config.validate()
     return config
+
+
+def _default_value(value: Any, annotation: Any) -> Any:
+    import ml_collections
+
+    if dataclasses.is_dataclass(value):
+        return defaults(value)
+    if isinstance(value, Mapping):
+        return ml_collections.ConfigDict(dict(value))
+    if value is None:
+        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return ml_collections.config_dict.placeholder(inner[0] if inner else str)
+    return value
+
+
+def defaults(instance: Any = None) -> Any:
+    """An ml_collections ConfigDict holding every field of :class:`Config` at its default, for config files
+    to start from (``c = defaults(); c.model.family = "flux"``) so that any field can then be overridden on
+    the command line, also those the file does not set."""
+    import ml_collections
+
+    instance = Config() if instance is None else instance
+    hints = typing.get_type_hints(type(instance))
+    return ml_collections.ConfigDict(
+        {
+            f.name: _default_value(getattr(instance, f.name), hints[f.name])
+            for f in dataclasses.fields(instance)
+        }
+    )

@@ -184,7 +184,7 @@ def run(config: Config) -> list[dict[str, float]]:
             f"after {int(state.step)} GRPO steps ({config.advantage.method})",
         )
         save_curves(
-            history, out_dir / "curves.png", f"{config.advantage.method}: reward {config.reward.name}"
+            history, before, out_dir / "curves.png", f"{config.advantage.method}: reward {config.reward.name}"
         )
         write_summary(out_dir / "summary.md", config, history, before, after, time.perf_counter() - started)
     return history
