@@ -81,23 +81,19 @@ def state_shardings(state: nnx.State, mesh: Mesh, rules: Rules = DEFAULT_RULES) 
 
 
 def tree_shardings_like(tree, params_shardings, mesh: Mesh):
-    """Shardings for an optimizer-state-like tree: parameter-shaped subtrees follow the parameters, the rest
-    (step counters, scalars) is replicated. ``params_shardings`` is the pure pytree of parameter shardings."""
-    param_structure = jax.tree.structure(params_shardings)
-    param_leaves = jax.tree.leaves(params_shardings)
-
-    def for_subtree(sub):
-        if jax.tree.structure(sub) == param_structure:
-            return jax.tree.unflatten(param_structure, param_leaves)
-        return jax.tree.map(lambda _: NamedSharding(mesh, P()), sub)
+    """Shardings for an optimizer-state-like tree: subtrees shaped like the parameters (Adam's mu and nu)
+    take the parameters' shardings, everything else (step counters, scalars) is replicated."""
+    structure = jax.tree.structure(params_shardings)
 
     def is_param_like(sub) -> bool:
-        try:
-            return jax.tree.structure(sub) == param_structure
-        except TypeError:
-            return False
+        return jax.tree.structure(sub) == structure
 
-    return jax.tree.map(for_subtree, tree, is_leaf=is_param_like)
+    repl = NamedSharding(mesh, P())
+    return jax.tree.map(
+        lambda sub: params_shardings if is_param_like(sub) else jax.tree.map(lambda _: repl, sub),
+        tree,
+        is_leaf=is_param_like,
+    )
 
 
 def batch_sharding(mesh: Mesh, shape: Sequence[int]) -> NamedSharding:
