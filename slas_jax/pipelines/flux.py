@@ -1,10 +1,14 @@
 """The FLUX pipeline: CLIP (pooled) + T5 (tokens) -> FLUX transformer on packed 2x2 latent patches
-(flow-matching SDE) -> VAE decode.
+(flow-matching SDE) -> VAE decode, as diffusers' ``FluxPipeline`` computes them (parity-tested stage by stage
+in tests/pipelines/test_flux_pipeline.py).
 
 From a diffusers folder (``transformer/``, ``text_encoder/`` CLIP-L, ``text_encoder_2/`` T5, ``tokenizer/``,
 ``tokenizer_2/``, ``vae/``, ``scheduler/``), or, without a checkpoint, a randomly initialised FLUX transformer
 in pixel space (2x2 pixel patches as tokens, no VAE) whose text features are one tiny CLIP text encoder's
 token states and pooled output, with a word-level tokenizer: the CPU testbeds' configuration.
+
+The sampler works on unpacked NHWC latents (h/8, w/8, 16); ``denoise`` packs them into FluxPipeline's
+(h/16 * w/16, 64) tokens for the transformer and unpacks the velocity.
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from slas_jax.config import Config
+from slas_jax.config import Config, ConfigError
 from slas_jax.grpo import Pipeline
-from slas_jax.models import clip, flux, t5, vae
+from slas_jax.models import clip, convert, flux, t5, vae
 from slas_jax.pipelines import PipelineBundle
 from slas_jax.pipelines.sd import check_checkpoint_folder
 from slas_jax.samplers import FlowSampler, shifted_sigmas
@@ -32,22 +36,43 @@ REQUIRED_FILES = (
     "text_encoder/config.json",
     "text_encoder_2/config.json",
     "vae/config.json",
-    "tokenizer/vocab.json",
+    # tokenizer_config.json, not vocab.json: transformers 5 saves CLIPTokenizer as tokenizer.json only.
+    "tokenizer/tokenizer_config.json",
     "tokenizer_2/tokenizer_config.json",
     "scheduler/scheduler_config.json",
 )
-PUBLISHED = "e.g. black-forest-labs/FLUX.1-dev on the Hugging Face Hub (download it on a machine with access)"
+PUBLISHED = (
+    "e.g. black-forest-labs/FLUX.1-dev on the Hugging Face Hub (gated: accept its licence there, then download "
+    "it on a machine with access)"
+)
 T5_MAX_LENGTH = 512
+"""T5 tokens per prompt: FluxPipeline's default max_sequence_length (FLUX.1-dev; DanceGRPO uses it too)."""
+
+# FlowMatchEulerDiscreteScheduler settings that change the sigmas FluxPipeline samples with, and the values
+# "dynamic" implements; any other value would silently give a different schedule.
+_DYNAMIC_SCHEDULER: dict[str, tuple[Any, ...]] = {
+    "time_shift_type": ("exponential",),
+    "shift_terminal": (None, 0, 0.0),
+    "use_karras_sigmas": (False,),
+    "use_exponential_sigmas": (False,),
+    "use_beta_sigmas": (False,),
+    "use_flow_sigmas": (False,),
+    "invert_sigmas": (False,),
+    "stochastic_sampling": (False,),
+}
 
 
 def flow_sampler(
     config: Config, image_seq_len: int, scheduler_config: dict[str, Any] | None = None
 ) -> FlowSampler:
-    """A FlowSampler over ``config.sampler.num_steps`` sigmas: shifted by ``sampler.shift``, or with FLUX's
-    dynamic shift for ``image_seq_len`` packed tokens read from ``scheduler_config``."""
+    """A FlowSampler over ``config.sampler.num_steps`` sigmas: shifted by ``sampler.shift`` (SD3 / DanceGRPO),
+    or "dynamic": FluxPipeline's schedule for ``image_seq_len`` packed tokens (linear sigmas, exponential
+    shift by mu from the diffusers ``scheduler_config`` dict; None: FLUX.1-dev's values). A scheduler whose
+    schedule "dynamic" does not reproduce raises ConfigError."""
     sc = config.sampler
     if sc.schedule == "dynamic":
         s = scheduler_config or {}
+        _check_dynamic_scheduler(s)
         mu = dynamic_shift_mu(
             image_seq_len,
             base_seq_len=s.get("base_image_seq_len", 256),
@@ -63,6 +88,33 @@ def flow_sampler(
     )
 
 
+def _check_dynamic_scheduler(scheduler_config: dict[str, Any]) -> None:
+    if not scheduler_config.get("use_dynamic_shifting", True):
+        shift = scheduler_config.get("shift", 1.0)
+        raise ConfigError(
+            f"config.sampler.schedule: 'dynamic' needs a scheduler with use_dynamic_shifting, this checkpoint's "
+            f"uses a fixed shift of {shift}; set sampler.schedule='shift' and sampler.shift={shift}"
+        )
+    for key, supported in _DYNAMIC_SCHEDULER.items():
+        if scheduler_config.get(key, supported[0]) not in supported:
+            raise ConfigError(
+                f"config.sampler.schedule: 'dynamic' does not implement the checkpoint scheduler's "
+                f"{key}={scheduler_config[key]!r}; use sampler.schedule='shift'"
+            )
+
+
+def latent_side(config: Config, downscale: int) -> int:
+    """Latent height = width for ``config.model.resolution`` pixels and a ``downscale``x VAE (1: pixel space);
+    ConfigError unless the latents tile into 2x2 patches (FluxPipeline would silently round the size down)."""
+    resolution = config.model.resolution
+    if resolution % (2 * downscale):
+        raise ConfigError(
+            f"config.model.resolution: must be a multiple of {2 * downscale} for FLUX (2x2 patches of "
+            f"{downscale}x-downsampled latents), got {resolution}"
+        )
+    return resolution // downscale
+
+
 def _assemble(
     config: Config,
     transformer: flux.FluxTransformer2DModel,
@@ -73,22 +125,21 @@ def _assemble(
     scheduler_config: dict[str, Any] | None,
 ) -> PipelineBundle:
     graph, params = nnx.split(transformer)
-    resolution = config.model.resolution
     channels = transformer.config.in_channels // 4
-    if vae_model is None:
-        side = resolution
-    else:
+    side = latent_side(config, 1 if vae_model is None else vae_model.config.downscale)
+    if vae_model is not None:
         vae_graph, frozen["vae"] = nnx.split(vae_model)
-        side = resolution // vae_model.config.downscale
     latent_shape = (side, side, channels)
     img_ids = flux.image_ids(side // 2, side // 2)
     guidance = config.sampler.flux_guidance if transformer.config.guidance_embeds else None
 
     def denoise(params, x, t, cond):
+        # x: (b, side, side, channels) latents; t: (b,) sigma; cond: text features (b, seq, joint dim) and
+        # pooled text (b, pooled dim). Returns the velocity in x's layout, float32.
         model = nnx.merge(graph, params)
-        tokens, pooled = cond
+        features, pooled = cond
         g = None if guidance is None else jnp.full((x.shape[0],), guidance, jnp.float32)
-        v = model(flux.pack_latents(x), tokens, pooled, t, img_ids, flux.text_ids(tokens.shape[1]), g)
+        v = model(flux.pack_latents(x), features, pooled, t, img_ids, flux.text_ids(features.shape[1]), g)
         return flux.unpack_latents(v, side, side)
 
     def decode(frozen, latents):
@@ -150,6 +201,8 @@ def load_flux_pipeline(config: Config) -> PipelineBundle:
     folder = check_checkpoint_folder(config.model.checkpoint, REQUIRED_FILES, "FLUX", PUBLISHED)
     dtype = jnp.dtype(config.model.dtype)
     scheduler_config = json.loads((folder / "scheduler/scheduler_config.json").read_text())
+    # Checked before the weights load (FLUX.1-dev's are tens of GB); _assemble uses the loaded VAE's config.
+    latent_side(config, vae.VAEConfig.from_dict(convert.read_config(folder / "vae")).downscale)
     transformer = flux.load_flux_transformer(folder / "transformer", dtype=dtype, remat=config.model.remat)
     clip_model = clip.load_clip_text(folder / "text_encoder", dtype=dtype)
     t5_model = t5.load_t5_encoder(folder / "text_encoder_2", dtype=dtype)
