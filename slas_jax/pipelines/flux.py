@@ -23,8 +23,9 @@ from flax import nnx
 
 from slas_jax.config import Config, ConfigError
 from slas_jax.grpo import Pipeline
-from slas_jax.models import clip, convert, flux, t5, vae
+from slas_jax.models import clip, convert, flux, vae
 from slas_jax.pipelines import PipelineBundle
+from slas_jax.pipelines.components import load_components
 from slas_jax.pipelines.sd import check_checkpoint_folder
 from slas_jax.samplers import FlowSampler, shifted_sigmas
 from slas_jax.samplers.flow import dynamic_shift_mu
@@ -203,10 +204,12 @@ def load_flux_pipeline(config: Config) -> PipelineBundle:
     scheduler_config = json.loads((folder / "scheduler/scheduler_config.json").read_text())
     # Checked before the weights load (FLUX.1-dev's are tens of GB); _assemble uses the loaded VAE's config.
     latent_side(config, vae.VAEConfig.from_dict(convert.read_config(folder / "vae")).downscale)
-    transformer = flux.load_flux_transformer(folder / "transformer", dtype=dtype, remat=config.model.remat)
-    clip_model = clip.load_clip_text(folder / "text_encoder", dtype=dtype)
-    t5_model = t5.load_t5_encoder(folder / "text_encoder_2", dtype=dtype)
-    vae_model = vae.load_vae(folder / "vae", dtype=dtype)
+    transformer, clip_model, t5_model, vae_model = load_components(
+        folder,
+        ("transformer", "text_encoder", "text_encoder_2", "vae"),
+        dtype=dtype,
+        remat=config.model.remat,
+    )
     clip_length = clip_model.config.max_position_embeddings
     clip_tokenize = load_hf_tokenizer(folder / "tokenizer", kind="clip", max_length=clip_length)
     t5_tokenize = load_hf_tokenizer(folder / "tokenizer_2", kind="t5", max_length=T5_MAX_LENGTH)

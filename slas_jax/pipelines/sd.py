@@ -1,8 +1,9 @@
 """The Stable Diffusion 1.x / 2.x pipeline: CLIP text encoder -> UNet (DDIM with eta, CFG) -> VAE decode.
 
 From a diffusers folder (``unet/``, ``text_encoder/``, ``tokenizer/``, ``vae/``, ``scheduler/``,
-``model_index.json``), or, without a checkpoint, randomly initialised UNet and CLIP text encoder of the same
-classes working in pixel space (no VAE) with a word-level tokenizer: the CPU testbeds' configuration.
+``model_index.json``) or one converted from it by ``python -m slas_jax.convert``, or, without a checkpoint,
+randomly initialised UNet and CLIP text encoder of the same classes working in pixel space (no VAE) with a
+word-level tokenizer: the CPU testbeds' configuration.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from slas_jax.grpo import Pipeline
 from slas_jax.models import clip, unet, vae
 from slas_jax.models.convert import ConversionError
 from slas_jax.pipelines import PipelineBundle
+from slas_jax.pipelines.components import load_components
 from slas_jax.samplers import DDIMSampler, ddim_timesteps, scaled_linear_alphas_cumprod
 from slas_jax.tokenizers import Tokenize, WordTokenizer, load_hf_tokenizer
 
@@ -28,8 +30,8 @@ REQUIRED_FILES = (
     "unet/config.json",
     "text_encoder/config.json",
     "vae/config.json",
-    "tokenizer/vocab.json",
-    "tokenizer/merges.txt",
+    # Hub folders hold vocab.json + merges.txt, transformers 5's save_pretrained tokenizer.json; both have this.
+    "tokenizer/tokenizer_config.json",
     "scheduler/scheduler_config.json",
 )
 PUBLISHED = (
@@ -42,8 +44,8 @@ def check_checkpoint_folder(folder: str | Path, required: Sequence[str], what: s
     folder = Path(folder)
     if not folder.is_dir():
         raise ConversionError(
-            f"{what} checkpoint folder {folder} does not exist; expected a diffusers-format folder with "
-            f"{', '.join(required)} — {published}"
+            f"{what} checkpoint folder {folder} does not exist; expected a diffusers-format folder (or one "
+            f"converted from it by python -m slas_jax.convert) with {', '.join(required)} — {published}"
         )
     for name in required:
         if not (folder / name).is_file():
@@ -51,8 +53,28 @@ def check_checkpoint_folder(folder: str | Path, required: Sequence[str], what: s
     return folder
 
 
+# scheduler_config.json settings that change the DDIM arithmetic, with the values implemented (the ones SD1.x /
+# SD2.x ship); anything else would silently sample a different chain, so it is refused.
+_SCHEDULER_SUPPORTED: dict[str, tuple[Any, ...]] = {
+    "beta_schedule": ("scaled_linear", "linear"),
+    "trained_betas": (None,),
+    "clip_sample": (False,),
+    "thresholding": (False,),
+    "timestep_spacing": ("leading",),
+    "rescale_betas_zero_snr": (False,),
+    "prediction_type": ("epsilon", "v_prediction"),
+}
+
+
 def scheduler_sampler(scheduler_config: dict[str, Any], config: Config) -> DDIMSampler:
-    """A DDIMSampler from a diffusers scheduler_config.json dict and the run's sampler settings."""
+    """A DDIMSampler from a diffusers scheduler_config.json dict and the run's sampler settings; settings
+    this DDIM does not implement raise ConversionError."""
+    for key, supported in _SCHEDULER_SUPPORTED.items():
+        if key in scheduler_config and scheduler_config[key] not in supported:
+            raise ConversionError(
+                f"scheduler_config.json: {key}={scheduler_config[key]!r} is not supported (supported: "
+                f"{', '.join(map(repr, supported))})"
+            )
     num_train = scheduler_config.get("num_train_timesteps", 1000)
     alphas = scaled_linear_alphas_cumprod(
         num_train,
@@ -148,13 +170,14 @@ def random_sd_pipeline(config: Config, vocabulary: Sequence[str], max_length: in
 
 
 def load_sd_pipeline(config: Config) -> PipelineBundle:
-    """The pipeline of the diffusers folder ``config.model.checkpoint``."""
+    """The pipeline of ``config.model.checkpoint``: a diffusers folder, or one converted from it by
+    ``python -m slas_jax.convert`` (restored without parsing safetensors)."""
     folder = check_checkpoint_folder(config.model.checkpoint, REQUIRED_FILES, "Stable Diffusion", PUBLISHED)
     dtype = jnp.dtype(config.model.dtype)
     scheduler_config = json.loads((folder / "scheduler/scheduler_config.json").read_text())
-    unet_model = unet.load_unet(folder / "unet", dtype=dtype, remat=config.model.remat)
-    text_model = clip.load_clip_text(folder / "text_encoder", dtype=dtype)
-    vae_model = vae.load_vae(folder / "vae", dtype=dtype)
+    unet_model, text_model, vae_model = load_components(
+        folder, ("unet", "text_encoder", "vae"), dtype=dtype, remat=config.model.remat
+    )
     tokenize = load_hf_tokenizer(
         folder / "tokenizer", kind="clip", max_length=text_model.config.max_position_embeddings
     )
