@@ -2,13 +2,6 @@
 padding masks; vision with projection; the full CLIPModel), checkpoint naming variants, config checks and
 published parameter counts without allocation."""
 
-# ruff: noqa: E402 - torchvision must be hidden before transformers is imported (see below).
-import sys
-
-# The machine's torchvision wheel is a CUDA build that fails to load against the CPU torch; transformers only
-# imports it optionally, so hide it (nothing here needs it).
-sys.modules.setdefault("torchvision", None)
-
 import jax
 import numpy as np
 import pytest

@@ -1,13 +1,7 @@
 """The declarative converter refuses checkpoints that do not fit the model, naming the offending tensor or
 file: an extra tensor, a missing one, a wrong shape, a missing folder / config / weights file."""
 
-# ruff: noqa: E402 - torchvision must be hidden before diffusers is imported (see below).
 import json
-import sys
-
-# The machine's torchvision wheel is a CUDA build that fails to load against the CPU torch; diffusers only
-# imports it optionally, so hide it (nothing here needs it).
-sys.modules.setdefault("torchvision", None)
 
 import diffusers
 import numpy as np

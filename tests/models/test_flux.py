@@ -1,14 +1,6 @@
 """Parity of our Flax FluxTransformer2DModel with diffusers' on tiny random configs, FluxPipeline's input
 helpers, conversion and config checks, and the FLUX.1-dev parameter count without allocating either model."""
 
-# ruff: noqa: E402 - torchvision must be hidden before diffusers is imported (see below).
-
-import sys
-
-# The machine's torchvision wheel is a CUDA build that fails to load against the CPU torch; diffusers and
-# transformers only import it optionally, so hide it (nothing here needs it).
-sys.modules.setdefault("torchvision", None)
-
 import diffusers
 import jax
 import jax.numpy as jnp

@@ -1,14 +1,6 @@
 """Parity of our Flax T5 encoder with transformers' T5EncoderModel on tiny random configs, the relative
 position buckets, conversion and config checks, and the T5-XXL parameter count without allocating."""
 
-# ruff: noqa: E402 - torchvision must be hidden before transformers is imported (see below).
-
-import sys
-
-# The machine's torchvision wheel is a CUDA build that fails to load against the CPU torch; transformers only
-# imports it optionally, so hide it (nothing here needs it).
-sys.modules.setdefault("torchvision", None)
-
 import jax
 import numpy as np
 import pytest

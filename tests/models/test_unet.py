@@ -1,14 +1,7 @@
 """Parity of our Flax UNet2DConditionModel with diffusers' on tiny random configs, conversion and config
 checks, and the SD1.4 parameter count without allocating either model."""
 
-# ruff: noqa: E402 - torchvision must be hidden before diffusers is imported (see below).
-
 import json
-import sys
-
-# The machine's torchvision wheel is a CUDA build that fails to load against the CPU torch; diffusers and
-# transformers only import it optionally, so hide it (nothing here needs it).
-sys.modules.setdefault("torchvision", None)
 
 import diffusers
 import jax

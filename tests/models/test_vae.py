@@ -1,13 +1,6 @@
 """Parity of our Flax AutoencoderKL with diffusers' (SD-style 4-channel and FLUX-style 16-channel latents),
 the latent scaling helpers, older attention names, and published parameter counts without allocation."""
 
-# ruff: noqa: E402 - torchvision must be hidden before diffusers is imported (see below).
-import sys
-
-# The machine's torchvision wheel is a CUDA build that fails to load against the CPU torch; diffusers only
-# imports it optionally, so hide it (nothing here needs it).
-sys.modules.setdefault("torchvision", None)
-
 import diffusers
 import jax
 import numpy as np
