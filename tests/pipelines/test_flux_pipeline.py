@@ -3,18 +3,11 @@
 two GRPO steps of ``train.run`` on that folder; the random pixel-space testbed pipeline's first-update ratio;
 and the one-line error of the FLUX.1-dev recipe without weights."""
 
-# ruff: noqa: E402 - torchvision must be hidden before diffusers is imported (see below).
-
-import sys
-
-# The machine's torchvision wheel is a CUDA build that fails to load against the CPU torch; diffusers and
-# transformers only import it optionally, so hide it (nothing here needs it).
-sys.modules.setdefault("torchvision", None)
-
 import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
