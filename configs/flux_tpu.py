@@ -39,6 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.sampler.flux_guidance = 3.5
     c.sampler.guidance_scale = 1.0
     c.sampler.same_noise_in_group = True
+    c.sampler.decode = "prediction"
     c.advantage.method = "slas"
     c.advantage.gamma = 1.0
     c.advantage.adv_clip = 5.0

@@ -66,7 +66,9 @@ class SamplerConfig:
     (FLUX's resolution-dependent shift from the scheduler config); flux_guidance: the distilled guidance
     value FLUX.1-dev embeds (ignored by models without a guidance embedding); guidance_scale: CFG (1 disables it) against
     ``negative_prompt``;
-    same_noise_in_group: all samples of a prompt start from the same noise (DanceGRPO's init_same_noise).
+    same_noise_in_group: all samples of a prompt start from the same noise (DanceGRPO's init_same_noise);
+    decode: the image is decoded from the last sample ("sample": DDPO, Flow-GRPO) or from the model's
+    clean-sample estimate at the last step ("prediction": DanceGRPO).
     """
 
     name: Literal["ddim", "flow_sde", "dance_flow"] = "ddim"
@@ -78,6 +80,7 @@ class SamplerConfig:
     guidance_scale: float = 1.0
     negative_prompt: str = ""
     same_noise_in_group: bool = False
+    decode: Literal["sample", "prediction"] = "sample"
 
     def validate(self, name: str) -> None:
         _require(self.num_steps >= 2, f"{name}.num_steps", f"must be >= 2, got {self.num_steps}")

@@ -24,7 +24,7 @@ from slas_jax import parallel
 from slas_jax.advantages import compute_advantages_with_stats
 from slas_jax.config import Config
 from slas_jax.losses import Transitions, policy_loss, select_timesteps
-from slas_jax.rollout import Denoiser, repeat_per_sample, sample_trajectories
+from slas_jax.rollout import Denoiser, Trajectory, repeat_per_sample, sample_trajectories
 from slas_jax.samplers import Sampler
 
 Batch = dict[str, jax.Array]
@@ -100,6 +100,12 @@ def state_shardings(state: TrainState, param_shardings: Any, frozen_shardings: A
     )
 
 
+def final_latents(traj: Trajectory, decode: str) -> jax.Array:
+    """What is decoded into the image: the last sample ("sample", DDPO / Flow-GRPO) or the model's last
+    clean-sample estimate ("prediction", DanceGRPO)."""
+    return traj.final_prediction if decode == "prediction" else traj.final
+
+
 def _split_updates(x: jax.Array, updates: int, accum: int, micro: int) -> jax.Array:
     """(batch, k, ...) -> (updates, accum, k, micro, ...): scan axes first, the sharded sample axis last."""
     x = x.reshape(updates, accum, micro, *x.shape[1:])
@@ -151,7 +157,7 @@ def make_train_step(
             guidance_scale=sc.guidance_scale,
             same_noise_in_group=sc.same_noise_in_group,
         )
-        images = pipeline.decode(state.frozen, traj.final)
+        images = pipeline.decode(state.frozen, final_latents(traj, sc.decode))
         rewards = reward_fn(state.frozen, images, repeat_per_sample(batch, group)).astype(jnp.float32)
         adv, adv_stats = compute_advantages_with_stats(
             rewards.reshape(tc.prompts_per_step, group),
@@ -268,7 +274,7 @@ def make_generate(pipeline: Pipeline, config: Config) -> Callable[..., jax.Array
             guidance_scale=sc.guidance_scale,
             same_noise_in_group=False,
         )
-        return pipeline.decode(frozen, traj.final)
+        return pipeline.decode(frozen, final_latents(traj, sc.decode))
 
     return jax.jit(generate, static_argnames="samples_per_prompt")
 

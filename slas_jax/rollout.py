@@ -22,13 +22,16 @@ class Trajectory(NamedTuple):
     """Stored rollouts, batch-first.
 
     latents: (batch, steps, *latent) x before each transition; next_latents: (batch, steps, *latent) x after;
-    log_probs: (batch, steps) float32; final: (batch, *latent) the clean sample.
+    log_probs: (batch, steps) float32; final: (batch, *latent) the last sampled latent; final_prediction:
+    (batch, *latent) float32, the model's clean-sample estimate at the last step (DanceGRPO decodes this;
+    it differs from ``final`` where the last transition still adds noise, as flow SDEs do).
     """
 
     latents: jax.Array
     next_latents: jax.Array
     log_probs: jax.Array
     final: jax.Array
+    final_prediction: jax.Array
 
 
 def repeat_per_sample(tree: Any, group_size: int) -> Any:
@@ -95,18 +98,21 @@ def sample_trajectories(
     noise_key, step_key = jax.random.split(key)
     x0 = initial_noise(noise_key, num_prompts, group_size, latent_shape, same_in_group=same_noise_in_group)
 
-    def body(x, i):
+    def body(carry, i):
+        x, _ = carry
         t = jnp.broadcast_to(sampler.model_time(i), (batch,))
         pred = guided_prediction(denoise, params, x, t, cond_b, uncond_b, guidance_scale)
         x_next, log_prob, _, _ = sampler.step(pred, i, x, key=jax.random.fold_in(step_key, i))
-        return x_next, (x, x_next, log_prob)
+        return (x_next, sampler.predict_x0(pred, i, x)), (x, x_next, log_prob)
 
-    final, (latents, next_latents, log_probs) = jax.lax.scan(
-        body, x0.astype(dtype), jnp.arange(sampler.num_steps)
+    init = (x0.astype(dtype), jnp.zeros(x0.shape, jnp.float32))
+    (final, final_prediction), (latents, next_latents, log_probs) = jax.lax.scan(
+        body, init, jnp.arange(sampler.num_steps)
     )
     return Trajectory(
         latents=jnp.swapaxes(latents, 0, 1),
         next_latents=jnp.swapaxes(next_latents, 0, 1),
         log_probs=jnp.swapaxes(log_probs, 0, 1),
         final=final,
+        final_prediction=final_prediction,
     )

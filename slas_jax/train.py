@@ -94,7 +94,10 @@ def parse_config(argv: list[str]) -> Config:
 def run(config: Config) -> list[dict[str, float]]:
     """Trains for ``config.train.num_steps`` steps; returns the logged metrics (also in metrics.jsonl)."""
     tc = config.train
-    mesh = parallel.make_mesh(data=config.mesh.data, fsdp=config.mesh.fsdp, tensor=config.mesh.tensor)
+    try:
+        mesh = parallel.make_mesh(data=config.mesh.data, fsdp=config.mesh.fsdp, tensor=config.mesh.tensor)
+    except ValueError as e:
+        raise ConfigError(f"config.mesh: {e}") from e
     prompts = build_prompt_source(config.data)
     bundle = build_pipeline(config, prompts.vocabulary)
     reward = build_reward(config.reward.name, config.reward.options)

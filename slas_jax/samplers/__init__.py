@@ -2,7 +2,8 @@
 
 A sampler is addressed by step index (0 = noisiest) and exposes ``num_steps``, ``model_time(i)`` (what the
 denoiser is conditioned on) and ``step(pred, i, x, *, key=None, prev_sample=None) -> (x_next, log_prob,
-mean, std)``; log_prob is float32, averaged over non-batch dimensions.
+mean, std)``; log_prob is float32, averaged over non-batch dimensions. ``predict_x0(pred, i, x)`` is the
+model's clean-sample estimate (what DanceGRPO decodes after the last step).
 """
 
 from typing import Protocol
@@ -20,6 +21,8 @@ class Sampler(Protocol):
     def num_steps(self) -> int: ...
 
     def model_time(self, i: jax.Array) -> jax.Array: ...
+
+    def predict_x0(self, pred: jax.Array, i: jax.Array, x: jax.Array) -> jax.Array: ...
 
     def step(
         self,

@@ -113,6 +113,16 @@ class DDIMSampler:
         """The timestep the denoiser is conditioned on at step index i (scalar or (batch,)), float32."""
         return jnp.asarray(self.timesteps, jnp.float32)[i]
 
+    def _eps(self, pred: jax.Array, t: jax.Array, x: jax.Array) -> jax.Array:
+        return v_to_eps(pred, t, x, self.alphas_cumprod) if self.prediction_type == "v_prediction" else pred
+
+    def predict_x0(self, pred: jax.Array, i: jax.Array, x: jax.Array) -> jax.Array:
+        """The model's clean-sample estimate at step index i: (x - sqrt(1 - a_t) eps) / sqrt(a_t), float32."""
+        t = jnp.asarray(self.timesteps)[i]
+        a_t = jnp.asarray(self.alphas_cumprod, jnp.float32)[t]
+        eps = self._eps(pred, t, x).astype(jnp.float32)
+        return (x.astype(jnp.float32) - _expand(jnp.sqrt(1.0 - a_t), x) * eps) / _expand(jnp.sqrt(a_t), x)
+
     def step(
         self,
         pred: jax.Array,
@@ -124,10 +134,8 @@ class DDIMSampler:
     ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
         """ddim_step at step index i (scalar or (batch,)); returns (x_next, log_prob, mean, std)."""
         t = jnp.asarray(self.timesteps)[i]
-        if self.prediction_type == "v_prediction":
-            pred = v_to_eps(pred, t, x, self.alphas_cumprod)
         return ddim_step(
-            pred,
+            self._eps(pred, t, x),
             t,
             jnp.asarray(self.prev_timesteps)[i],
             x,

@@ -134,6 +134,11 @@ class FlowSampler:
         """sigma at step index i (scalar or (batch,)), float32."""
         return jnp.asarray(self.sigmas, jnp.float32)[i]
 
+    def predict_x0(self, pred: jax.Array, i: jax.Array, x: jax.Array) -> jax.Array:
+        """The model's clean-sample estimate at step index i: x - sigma v, float32."""
+        sigma = jnp.asarray(self.sigmas, jnp.float32)[i]
+        return x.astype(jnp.float32) - _expand(sigma, x) * pred.astype(jnp.float32)
+
     def step(
         self,
         pred: jax.Array,

@@ -184,3 +184,19 @@ def test_shifted_schedule_endpoints_and_monotone():
     assert mu == pytest.approx(1.15)
     e = exponential_time_shift(np.linspace(1, 0, 5), mu)
     assert e[0] == pytest.approx(1.0) and e[-1] == 0.0 and np.all(np.diff(e) < 0)
+
+
+def test_predict_x0_recovers_the_clean_sample():
+    rng = np.random.default_rng(5)
+    x0 = rng.standard_normal((2, 4, 4, 3)).astype(np.float32)
+    noise = rng.standard_normal(x0.shape).astype(np.float32)
+    sigma = 0.6
+    flow = FlowSampler(sigmas=np.array([1.0, sigma, 0.0]), noise_level=0.7)
+    np.testing.assert_allclose(
+        flow.predict_x0(noise - x0, 1, (1 - sigma) * x0 + sigma * noise), x0, atol=1e-5
+    )
+    ts, prev = ddim_timesteps(10, 1000, steps_offset=1)
+    ddim = DDIMSampler(alphas_cumprod=ALPHAS, timesteps=ts, prev_timesteps=prev, eta=1.0)
+    a = ALPHAS[ts[3]]
+    x_t = np.sqrt(a) * x0 + np.sqrt(1 - a) * noise
+    np.testing.assert_allclose(ddim.predict_x0(noise, 3, x_t), x0, atol=1e-4)
