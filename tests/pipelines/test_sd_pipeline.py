@@ -1,0 +1,463 @@
+"""The Stable Diffusion pipeline against diffusers' StableDiffusionPipeline on a tiny random folder written by
+save_pretrained: tokens, text embeddings, the CFG noise prediction, DDIMScheduler steps with eta and the same
+variance noise, VAE decode, and one full step end to end; two GRPO steps of ``train.run`` from the diffusers
+folder and from its converted copy (SD1.4 recipe: text_file prompts, PickScore-style reward, CFG); the
+recipe's one-line error without weights; and generation from a converted folder without torch."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import diffusers
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+from jax.experimental.compilation_cache import compilation_cache as jax_compilation_cache
+
+from slas_jax import grpo
+from slas_jax.checkpoint import Checkpointer
+from slas_jax.config import load_config
+from slas_jax.convert import convert_pipeline
+from slas_jax.pipelines import PipelineBundle
+from slas_jax.pipelines.sd import load_sd_pipeline, scheduler_sampler
+from slas_jax.rollout import guided_prediction
+from slas_jax.train import run
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMPTS = ["a red cat on the mat", "a dog in the fog"]
+WORDS = ("a", "red", "cat", "on", "the", "mat", "dog", "in", "fog", "photo", "of")
+RESOLUTION = 16  # VAE x2 -> 8 x 8 x 4 latents
+NUM_STEPS = 4
+GUIDANCE = 3.0
+ETA = 1.0
+
+
+def write_clip_tokenizer(folder: Path) -> transformers.CLIPTokenizer:
+    """A byte-level BPE CLIP tokenizer over ``WORDS`` (vocab.json + merges.txt, as SD's tokenizer folder):
+    characters, then left-to-right merges up to each whole word; the special tokens take the largest ids, as in
+    CLIP's vocabulary, so SD1.x's legacy pooling rule (largest id) finds the end-of-text token."""
+    chars = sorted({c for w in WORDS for c in w})
+    vocab = {**{c: 0 for c in chars}, **{c + "</w>": 0 for c in chars}}
+    merges = []
+    for word in WORDS:
+        parts = [*word[:-1], word[-1] + "</w>"]
+        while len(parts) > 1:
+            merges.append(f"{parts[0]} {parts[1]}")
+            parts = [parts[0] + parts[1], *parts[2:]]
+            vocab[parts[0]] = 0
+    vocab.update({"<|startoftext|>": 0, "<|endoftext|>": 0})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 77}))
+    return transformers.CLIPTokenizer.from_pretrained(str(folder))
+
+
+def perturbed(model: torch.nn.Module) -> torch.nn.Module:
+    """Every parameter moved off its initial value (norm scales off 1, biases off 0)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[diffusers.StableDiffusionPipeline, Path]:
+    """A tiny random StableDiffusionPipeline with SD1.4's structure (CrossAttn down / up blocks, 4-channel VAE
+    with SD's scaling factor, OpenAI-style CLIP text encoder, DDIM with SD1.4's scheduler settings), saved by
+    save_pretrained; and the folder."""
+    tmp = tmp_path_factory.mktemp("sd")
+    torch.manual_seed(0)
+    tokenizer = write_clip_tokenizer(tmp / "tokenizer_source")
+    text_encoder = transformers.CLIPTextModel(
+        transformers.CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=2,  # SD1.4's legacy value: pool at the largest id
+        )
+    )
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=RESOLUTION // 2,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        cross_attention_dim=16,
+        attention_head_dim=2,
+        norm_num_groups=4,
+    )
+    vae = diffusers.AutoencoderKL(
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        block_out_channels=[8, 8],
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=RESOLUTION,
+    )
+    # SD1.4's scheduler_config.json values (it ships PNDM with them; DDPO / DanceGRPO swap in DDIM).
+    scheduler = diffusers.DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipe = diffusers.StableDiffusionPipeline(
+        vae=perturbed(vae),
+        text_encoder=perturbed(text_encoder),
+        tokenizer=tokenizer,
+        unet=perturbed(unet),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(tmp / "sd-tiny")
+    return pipe, tmp / "sd-tiny"
+
+
+def sd_config(folder: Path | str | None, **sections: dict) -> dict:
+    """A config mapping for the tiny SD folder; ``sections`` update the defaults section by section."""
+    values = {
+        "model": {
+            "family": "unet",
+            "checkpoint": None if folder is None else str(folder),
+            "resolution": RESOLUTION,
+        },
+        "sampler": {"name": "ddim", "num_steps": NUM_STEPS, "noise_level": ETA, "guidance_scale": GUIDANCE},
+        "train": {"prompts_per_step": 2, "group_size": 2, "micro_batch_size": 4},
+    }
+    for name, section in sections.items():
+        values[name] = {**values.get(name, {}), **section}
+    return values
+
+
+@pytest.fixture(scope="module")
+def ours(reference):
+    return load_sd_pipeline(load_config(sd_config(reference[1])))
+
+
+@pytest.fixture(scope="module")
+def converted(reference, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("converted") / "sd-tiny-jax"
+    convert_pipeline(reference[1], out, log=lambda _: None)
+    return out
+
+
+def assert_close(what: str, got, want, scale: float = 1e-4) -> None:
+    """max |got - want| < scale x max(1, max |want|); the error is printed for the record."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    err, tol = float(np.abs(got - want).max()), scale * max(1.0, float(np.abs(want).max()))
+    print(f"sd pipeline parity, {what}: max abs error {err:.3g} (tolerance {tol:.3g})")
+    assert err < tol, f"{what}: max abs error {err:.3g} >= {tol:.3g}"
+
+
+def nchw(x) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 3, 1, 2)))
+
+
+def nhwc(x: torch.Tensor) -> np.ndarray:
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def test_tokens_and_text_embeddings_match_the_pipeline(reference, ours):
+    pipe, _ = reference
+    want = pipe.tokenizer([*PROMPTS, ""], padding="max_length", max_length=77, truncation=True).input_ids
+    tokens = ours.tokenize(PROMPTS)
+    assert tokens.shape == (len(PROMPTS), 77) and tokens.dtype == np.int32
+    np.testing.assert_array_equal(tokens, np.asarray(want[:-1]))
+    np.testing.assert_array_equal(np.asarray(ours.frozen["uncond_tokens"]), np.asarray(want[-1:]))
+    assert len(set(tokens[0, :7])) == 7  # whole words, not unknowns
+    with torch.no_grad():
+        cond_want, uncond_want = pipe.encode_prompt(
+            PROMPTS, "cpu", 1, True, negative_prompt=[""] * len(PROMPTS)
+        )
+    cond, uncond = jax.jit(ours.pipeline.encode)(ours.frozen, {"tokens": tokens})
+    assert_close("text embeddings", cond, cond_want.numpy())
+    assert_close("empty-prompt embeddings", uncond[0], uncond_want[0].numpy())
+
+
+@pytest.mark.parametrize("set_alpha_to_one", [False, True])
+def test_ddim_steps_match_the_scheduler(reference, set_alpha_to_one):
+    """Every step of our DDIMSampler against DDIMScheduler.step(eta, variance_noise=z): same timesteps, the same
+    sample from the same noise, the scheduler's std, and the log-density of its sample in float64."""
+    pipe, folder = reference
+    scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config, set_alpha_to_one=set_alpha_to_one)
+    scheduler.set_timesteps(NUM_STEPS)
+    sampler = scheduler_sampler(dict(scheduler.config), load_config(sd_config(folder)))
+    np.testing.assert_array_equal(sampler.timesteps, scheduler.timesteps.numpy())
+    rng = np.random.default_rng(1)
+    shape = (2, RESOLUTION // 2, RESOLUTION // 2, 4)
+    x, eps, z = (rng.standard_normal(shape).astype(np.float32) for _ in range(3))
+    for i, t in enumerate(scheduler.timesteps):
+        step = scheduler.step(nchw(eps), t, nchw(x), eta=ETA, variance_noise=nchw(z)).prev_sample
+        mean_want = scheduler.step(nchw(eps), t, nchw(x), eta=ETA, variance_noise=torch.zeros(nchw(z).shape))
+        prev_t = int(t) - scheduler.config.num_train_timesteps // NUM_STEPS
+        std_want = ETA * float(scheduler._get_variance(t, torch.tensor(prev_t))) ** 0.5
+        want = nhwc(step)
+        _, log_prob, mean, std = sampler.step(
+            jnp.asarray(eps), i, jnp.asarray(x), prev_sample=jnp.asarray(want)
+        )
+        assert_close(f"DDIM sample, step {i}", mean + std * z, want)
+        assert_close(f"DDIM mean, step {i}", mean, nhwc(mean_want.prev_sample))
+        assert_close(f"DDIM std, step {i}", std, std_want, scale=1e-6)
+        if std_want == 0:  # set_alpha_to_one: the last step lands on x0, deterministically (log-prob 0 here)
+            assert i == NUM_STEPS - 1 and set_alpha_to_one and not np.any(np.asarray(log_prob))
+            continue
+        mean64 = nhwc(mean_want.prev_sample).astype(np.float64)
+        density = -((want - mean64) ** 2) / (2 * std_want**2) - np.log(std_want) - 0.5 * np.log(2 * np.pi)
+        assert_close(f"DDIM log-prob, step {i}", log_prob, density.reshape(2, -1).mean(axis=1))
+    # The last step lands on alphas_cumprod[0] or on 1, as set_alpha_to_one says.
+    assert sampler.final_alpha_cumprod == pytest.approx(float(scheduler.final_alpha_cumprod), rel=1e-6)
+
+
+def test_one_ddim_step_with_cfg_matches_the_pipeline(reference, ours):
+    """prompt + empty negative prompt -> CFG noise prediction -> DDIMScheduler step with eta and the same
+    variance noise -> VAE decode, our jitted pieces against the pipeline's components at step 1."""
+    pipe, _ = reference
+    i, scale = 1, GUIDANCE
+    rng = np.random.default_rng(2)
+    shape = (len(PROMPTS), *ours.pipeline.latent_shape)
+    assert ours.pipeline.latent_shape == (RESOLUTION // 2, RESOLUTION // 2, 4)
+    x, z = (rng.standard_normal(shape).astype(np.float32) for _ in range(2))
+    pipe.scheduler.set_timesteps(NUM_STEPS)
+    t = pipe.scheduler.timesteps[i]
+
+    with torch.no_grad():
+        cond_t, uncond_t = pipe.encode_prompt(PROMPTS, "cpu", 1, True, negative_prompt=[""] * len(PROMPTS))
+        # The pipeline's denoising loop: one batched UNet call on [uncond; cond], then CFG.
+        both = pipe.unet(
+            torch.cat([nchw(x)] * 2), t, encoder_hidden_states=torch.cat([uncond_t, cond_t])
+        ).sample
+        eps_uncond, eps_cond = both.chunk(2)
+        eps_want = eps_uncond + scale * (eps_cond - eps_uncond)
+        prev_want = pipe.scheduler.step(eps_want, t, nchw(x), eta=ETA, variance_noise=nchw(z)).prev_sample
+        decoded = pipe.vae.decode(prev_want / pipe.vae.config.scaling_factor).sample
+        images_want = pipe.image_processor.postprocess(decoded, output_type="pt")
+
+    @jax.jit
+    def chain(params, frozen, tokens, x, z):
+        cond, uncond = ours.pipeline.encode(frozen, {"tokens": tokens})
+        b = x.shape[0]
+        model_t = jnp.full((b,), ours.pipeline.sampler.model_time(i))
+        uncond = jnp.broadcast_to(uncond, cond.shape)
+        eps = guided_prediction(ours.pipeline.denoise, params, x, model_t, cond, uncond, scale)
+        _, _, mean, std = ours.pipeline.sampler.step(eps, i, x, prev_sample=x)
+        prev = mean + std * z
+        return eps, prev, ours.pipeline.decode(frozen, prev)
+
+    eps, prev, images = chain(
+        ours.params, ours.frozen, ours.tokenize(PROMPTS), jnp.asarray(x), jnp.asarray(z)
+    )
+    assert float(ours.pipeline.sampler.model_time(i)) == float(t)
+    assert_close("CFG noise prediction", eps, nhwc(eps_want))
+    assert_close("DDIM prev_sample (same variance noise)", prev, nhwc(prev_want))
+    images_want = nhwc(images_want)
+    assert float(np.mean((images_want > 0) & (images_want < 1))) > 0.2, (
+        "most pixels clipped: nothing compared"
+    )
+    assert_close("VAE decode (images in [0, 1])", images, images_want)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Training: the SD1.4 recipe's pieces on the tiny folder.
+
+
+def write_tiny_pickscore(folder: Path) -> None:
+    """A tiny PickScore-shaped CLIPModel folder (weights, tokenizer files, preprocessor_config.json resizing
+    RESOLUTION-pixel images to 8 pixels, so the reward's JAX resize runs inside the train step)."""
+    tokenizer = write_clip_tokenizer(folder)
+    config = transformers.CLIPConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            hidden_act="gelu",
+            eos_token_id=tokenizer.eos_token_id,
+        ),
+        vision_config=dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=8,
+            patch_size=4,
+            hidden_act="gelu",
+        ),
+        projection_dim=8,
+    )
+    perturbed(transformers.CLIPModel(config)).save_pretrained(folder)
+    transformers.CLIPImageProcessorPil(
+        size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8}
+    ).save_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def training_inputs(tmp_path_factory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("training")
+    write_tiny_pickscore(tmp / "PickScore-tiny")
+    (tmp / "prompts.txt").write_text("a red cat on the mat\na dog in the fog\na photo of a cat\nthe dog\n")
+    return {"reward": tmp / "PickScore-tiny", "prompts": tmp / "prompts.txt", "tfds": tmp / "tfds"}
+
+
+@pytest.fixture(scope="module")
+def shared_compilation_cache(tmp_path_factory):
+    """JAX's persistent compilation cache, for this module only: the converted folder's run compiles exactly
+    the diffusers folder's train step, so it loads the executable instead of compiling it again (about 20 s
+    on 2 cores). Reset afterwards so that no other test reads or writes it."""
+    previous = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+    yield
+    jax.config.update("jax_compilation_cache_dir", previous)
+    jax_compilation_cache.reset_cache()
+
+
+def train_two_steps(
+    folder: Path, inputs: dict[str, Path], output_dir: Path, initial: PipelineBundle
+) -> tuple[list[dict], grpo.TrainState]:
+    """train.run for two GRPO steps of the SD1.4 recipe's pieces (text_file prompts, PickScore-style reward,
+    CFG, all but the last transition trained) on ``folder``; returns the metrics and the saved final state
+    (restored into the structure of ``initial``'s)."""
+    config = load_config(
+        sd_config(
+            folder,
+            sampler={"num_steps": 3},
+            loss={"clip_range": 1e-3, "exclude_last_steps": 1},
+            optim={"learning_rate": 1e-3},
+            train={"num_steps": 2, "checkpoint_every": 2, "output_dir": str(output_dir)},
+            reward={"name": "pickscore", "options": {"checkpoint": str(inputs["reward"])}},
+            data={
+                "name": "text_file",
+                "options": {"path": str(inputs["prompts"]), "data_dir": str(inputs["tfds"])},
+            },
+        )
+    )
+    history = run(config)
+    template = grpo.init_train_state(initial.params, {}, grpo.make_optimizer(config), config)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    trained, _ = Checkpointer(output_dir / "checkpoints").restore(
+        template, jax.tree.map(lambda _: device, template)
+    )
+    return history, trained
+
+
+def test_tiny_sd_folder_converts_and_trains_two_grpo_steps(
+    reference, converted, ours, training_inputs, shared_compilation_cache, tmp_path
+):
+    """A tiny diffusers-format SD folder written by save_pretrained converts and trains two GRPO steps on CPU,
+    from the diffusers folder and from the converted one, identically."""
+    runs = {
+        source: train_two_steps(folder, training_inputs, tmp_path / source, ours)
+        for source, folder in (("diffusers", reference[1]), ("converted", converted))
+    }
+    for source, (history, trained) in runs.items():
+        assert len(history) == 2 and int(trained.step) == 2, source
+        for record in history:
+            assert all(np.isfinite(v) for v in record.values()), (source, record)
+            assert record["first_ratio_max_dev"] < 1e-5, (source, record)
+            assert record["grad_norm"] > 0, (source, record)
+        deltas = jax.tree.leaves(jax.tree.map(lambda a, b: jnp.abs(a - b).max(), trained.params, ours.params))
+        assert max(float(d) for d in deltas) > 1e-4, f"{source}: the UNet did not change"
+    (diffusers_history, diffusers_state), (converted_history, converted_state) = runs.values()
+    for a, b in zip(diffusers_history, converted_history, strict=True):
+        assert {k: v for k, v in a.items() if k != "step_time_s"} == pytest.approx(
+            {k: v for k, v in b.items() if k != "step_time_s"}, rel=1e-6, abs=1e-9
+        )
+    for a, b in zip(
+        jax.tree.leaves(diffusers_state.params), jax.tree.leaves(converted_state.params), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The SD1.4 recipe from the command line, and torch-free loading.
+
+
+def test_sd_recipe_without_weights_fails_with_one_line(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo of a cat\n")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "slas_jax.train",
+            "--config",
+            str(ROOT / "configs" / "sd_tpu.py"),
+            f"--config.data.options.path={prompts}",
+            f"--config.train.output_dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,  # so the default checkpoints/stable-diffusion-v1-4 surely does not exist
+        # The prompt set is stored before the checkpoint is opened: in ~/tensorflow_datasets, here a temporary one.
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "HOME": str(tmp_path)},
+    )
+    assert out.returncode == 2, out.stderr[-3000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr[-3000:]
+    line = lines[0]
+    assert "checkpoints/stable-diffusion-v1-4 does not exist" in line, line
+    assert "unet/config.json" in line and "tokenizer/tokenizer_config.json" in line, line
+    assert "CompVis/stable-diffusion-v1-4" in line, line
+    assert "Traceback" not in out.stderr
+
+
+def test_converted_folder_loads_and_generates_without_torch(converted):
+    """``import slas_jax``, loading the converted folder and one generation import neither torch nor
+    diffusers, and never read safetensors."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import jax
+        import slas_jax
+        from slas_jax.models import convert
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("safetensors read while loading a converted folder")
+
+        convert.read_weights = convert.read_safetensors = refuse
+        from slas_jax import grpo
+        from slas_jax.config import load_config
+        from slas_jax.pipelines import build_pipeline
+
+        config = load_config({sd_config(converted, sampler={"num_steps": 2})!r})
+        bundle = build_pipeline(config)
+        images = grpo.make_generate(bundle.pipeline, config)(
+            bundle.params, bundle.frozen, {{"tokens": bundle.tokenize(["a red cat"])}}, jax.random.PRNGKey(0)
+        )
+        assert images.shape == (1, {RESOLUTION}, {RESOLUTION}, 3), images.shape
+        loaded = sorted(m for m in ("torch", "diffusers", "safetensors.torch") if m in sys.modules)
+        print("heavy modules:", loaded)
+        assert not loaded, loaded
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "heavy modules: []" in out.stdout
