@@ -293,7 +293,7 @@ def test_bad_inputs_fail_with_one_line(capsys, tmp_path, sd_folder, sd_converted
         f"error: output folder {out} already exists and is not empty; choose a new folder"
     ]
 
-    # A converted folder missing a component's state, or from another format version.
+    # A converted folder missing a component's state, edited after conversion, or of another format version.
     broken = tmp_path / "broken"
     convert_cli.convert_pipeline(sd_folder, broken, log=lambda _: None)
     for path in sorted((broken / "vae" / "state").rglob("*"), reverse=True):
@@ -304,6 +304,12 @@ def test_bad_inputs_fail_with_one_line(capsys, tmp_path, sd_folder, sd_converted
         match=r"vae of converted folder .*: .*state is missing; re-run python -m slas_jax\.convert",
     ):
         load_component(broken, "vae", dtype=jnp.float32)
+    config_path = broken / "text_encoder" / "config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "intermediate_size": 48}))
+    with pytest.raises(
+        ConversionError, match=r"fc1\.bias\.value is stored as \(32,\) float32, the config gives \(48,\)"
+    ):
+        load_component(broken, "text_encoder", dtype=jnp.float32)
     (broken / MARKER).write_text(json.dumps({"format_version": 0}))
     with pytest.raises(ConversionError, match="format_version 0, this slas_jax reads 1"):
         load_component(broken, "unet", dtype=jnp.float32)

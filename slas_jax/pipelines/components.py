@@ -110,6 +110,25 @@ def save_state(module: nnx.Module, directory: str | Path) -> None:
     checkpointer.close()
 
 
+def _leaf_specs(tree: Any) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """{dotted leaf path: (shape, dtype)} of a state, an abstract state or Orbax's metadata of one."""
+    specs = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        # DictKey / SequenceKey / GetAttrKey (a Variable's value) all become plain names.
+        parts = (getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path)
+        specs[".".join(str(p) for p in parts)] = (tuple(leaf.shape), leaf.dtype)
+    return specs
+
+
+def _first_difference(stored: dict[str, Any], expected: dict[str, Any]) -> str:
+    for name, spec in expected.items():
+        if name not in stored:
+            return f"{name} is not stored"
+        if stored[name] != spec:
+            return f"{name} is stored as {stored[name][0]} {stored[name][1]}, the config gives {spec[0]} {spec[1]}"
+    return f"{next(iter(set(stored) - set(expected)))} is stored but not in the model"
+
+
 def restore_module(make: Callable[[], nnx.Module], directory: str | Path, *, what: str) -> nnx.Module:
     """``make()`` built abstractly, its state restored from the Orbax checkpoint in ``directory`` onto this
     process's first device (train.run then places it on the mesh)."""
@@ -123,13 +142,15 @@ def restore_module(make: Callable[[], nnx.Module], directory: str | Path, *, wha
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
     checkpointer = ocp.StandardCheckpointer()
     try:
+        # Compared before restoring: Orbax reports a mismatch as a long message after a burst of async errors.
+        stored = _leaf_specs(checkpointer.metadata(directory).item_metadata)
+        expected = _leaf_specs(abstract)
+        if stored != expected:
+            raise ConversionError(
+                f"{what}: the state in {directory} does not fit its config.json "
+                f"({_first_difference(stored, expected)}); re-run python -m slas_jax.convert"
+            )
         state = checkpointer.restore(directory, abstract)
-    except (ValueError, KeyError) as e:  # a tree or shape that does not fit the config.json beside it
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConversionError(
-            f"{what}: the state in {directory} does not fit its config.json ({first}); re-run python -m "
-            "slas_jax.convert"
-        ) from e
     finally:
         checkpointer.close()
     return nnx.merge(graphdef, state)

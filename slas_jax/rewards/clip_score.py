@@ -174,6 +174,8 @@ def clip_reward(
     the CLIP towers (parameters and scores stay float32). The batch must hold ``reward_tokens`` (b, 77) int32,
     which :attr:`Reward.prepare` produces from the prompts.
     """
+    if dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"config.reward.options.dtype: must be 'float32' or 'bfloat16', got {dtype!r}")
     folder = check_clip_folder(checkpoint, what, published)
     processing = CLIPImageProcessing.from_file(folder / "preprocessor_config.json")
     model = load_clip_model(folder, dtype=jnp.dtype(dtype))

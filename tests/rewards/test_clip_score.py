@@ -218,3 +218,5 @@ def test_incomplete_folders_fail_with_one_line(tmp_path, clip_folder):
         ConfigError, match=r"config\.reward\.options\.checkpoint: set it to a transformers CLIPModel"
     ):
         build_reward("pickscore", {})
+    with pytest.raises(ConfigError, match=r"config\.reward\.options\.dtype: must be 'float32' or 'bfloat16'"):
+        build_reward("pickscore", {"checkpoint": str(clip_folder), "dtype": "float16"})
