@@ -6,6 +6,7 @@ recipe's one-line error without weights; and generation from a converted folder 
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -24,6 +25,7 @@ from slas_jax import grpo
 from slas_jax.checkpoint import Checkpointer
 from slas_jax.config import load_config
 from slas_jax.convert import convert_pipeline
+from slas_jax.models.convert import ConversionError
 from slas_jax.pipelines import PipelineBundle
 from slas_jax.pipelines.sd import load_sd_pipeline, scheduler_sampler
 from slas_jax.rollout import guided_prediction
@@ -226,6 +228,14 @@ def test_ddim_steps_match_the_scheduler(reference, set_alpha_to_one):
         assert_close(f"DDIM log-prob, step {i}", log_prob, density.reshape(2, -1).mean(axis=1))
     # The last step lands on alphas_cumprod[0] or on 1, as set_alpha_to_one says.
     assert sampler.final_alpha_cumprod == pytest.approx(float(scheduler.final_alpha_cumprod), rel=1e-6)
+
+
+def test_scheduler_settings_this_ddim_does_not_implement_are_refused(reference):
+    pipe, folder = reference
+    config = load_config(sd_config(folder))
+    for key, value in (("clip_sample", True), ("thresholding", True), ("timestep_spacing", "trailing")):
+        with pytest.raises(ConversionError, match=re.escape(f"{key}={value!r} is not supported")):
+            scheduler_sampler({**pipe.scheduler.config, key: value}, config)
 
 
 def test_one_ddim_step_with_cfg_matches_the_pipeline(reference, ours):
