@@ -59,5 +59,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.reward.name = "pickscore"
     c.reward.options = {"checkpoint": placeholder(str)}
     c.data.name = "text_file"
-    c.data.options = {"path": placeholder(str)}
+    c.data.options = {"path": placeholder(str), "seed": 0, "data_dir": "~/tensorflow_datasets"}
     return c

@@ -18,6 +18,7 @@ resumed at position p (prompts consumed so far) sees exactly the batches it woul
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import hashlib
@@ -30,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
 from slas_jax.data.shapes import VOCABULARY, PromptSpec, encode_specs, split_specs
 from slas_jax.data.sources import register_source
@@ -96,6 +98,20 @@ class PromptSet(tfds.core.GeneratorBasedBuilder):
             )
 
 
+@contextlib.contextmanager
+def quiet_tfds() -> Iterator[None]:
+    """TFDS's progress bars and absl warnings off while a prompt set is stored: storing a prompt list takes a
+    moment, and the bars would bury a one-line error that follows (e.g. a missing checkpoint)."""
+    verbosity = logging.get_verbosity()
+    tfds.display_progress_bar(False)
+    logging.set_verbosity(logging.ERROR)
+    try:
+        yield
+    finally:
+        tfds.display_progress_bar(True)  # TFDS's default; it offers no getter for the current setting
+        logging.set_verbosity(verbosity)
+
+
 def prompt_source(
     name: str, records: Sequence[PromptRecord], data_dir: str | Path
 ) -> Sequence[dict[str, Any]]:
@@ -112,15 +128,16 @@ def prompt_source(
     expected = fingerprint(records)
     full_name = f"{BUILDER_NAME}/{name}"
     stored = Path(data_dir) / BUILDER_NAME / name / str(PromptSet.VERSION)
-    if not (stored / "dataset_info.json").exists():
-        builder = PromptSet(
-            config=tfds.core.BuilderConfig(name=name, description=f"prompt set {name}"),
-            records=records,
-            records_fingerprint=expected,
-            data_dir=str(data_dir),
-        )
-        builder.download_and_prepare()
-    found = tfds.builder(full_name, data_dir=str(data_dir)).info.metadata.get("fingerprint")
+    with quiet_tfds():
+        if not (stored / "dataset_info.json").exists():
+            builder = PromptSet(
+                config=tfds.core.BuilderConfig(name=name, description=f"prompt set {name}"),
+                records=records,
+                records_fingerprint=expected,
+                data_dir=str(data_dir),
+            )
+            builder.download_and_prepare()
+        found = tfds.builder(full_name, data_dir=str(data_dir)).info.metadata.get("fingerprint")
     if found != expected:
         raise ValueError(
             f"prompt set {name!r} in {stored} was built from other prompts; delete that folder or choose another name"

@@ -9,33 +9,15 @@ other prompts at the same stream positions.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import tensorflow_datasets as tfds
-from absl import logging
 
 from slas_jax.config import ConfigError
 from slas_jax.data.prompts import batch_at, prompt_source, read_prompt_lines
 from slas_jax.data.sources import register_source
-
-
-@contextlib.contextmanager
-def _quiet_tfds() -> Iterator[None]:
-    """TFDS's progress bars and absl warnings off while a prompt set is stored: storing a prompt list takes a
-    moment, and the bars would bury a one-line error that follows (e.g. a missing checkpoint)."""
-    verbosity = logging.get_verbosity()
-    tfds.display_progress_bar(False)
-    logging.set_verbosity(logging.ERROR)
-    try:
-        yield
-    finally:
-        tfds.display_progress_bar(True)  # TFDS's default; it offers no getter for the current setting
-        logging.set_verbosity(verbosity)
 
 
 def prompt_set_name(path: Path) -> str:
@@ -67,8 +49,7 @@ class TextFilePrompts:
             )
         try:
             records = read_prompt_lines(file)
-            with _quiet_tfds():
-                self.source = prompt_source(prompt_set_name(file), records, Path(data_dir).expanduser())
+            self.source = prompt_source(prompt_set_name(file), records, Path(data_dir).expanduser())
         except ValueError as e:
             # An empty or non-UTF-8 file, or one edited since its set was stored: the user must act on the file,
             # so it is reported as a config error (one line, exit code 2) rather than a traceback.
