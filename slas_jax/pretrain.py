@@ -1,0 +1,472 @@
+"""Command line: ``python -m slas_jax.pretrain --config configs/shapes_pretrain_flow.py [--config.a.b=v ...]``.
+
+Pretrains a shapes-testbed base model, jointly with its text encoder, on rendered (image, caption) pairs of
+the shapes TRAINING prompts (``slas_jax.data.shapes``; images 32x32 RGB scaled to [-1, 1]):
+
+* ``model.family == "flux"``: flow matching. x_s = (1 - s) x0 + s noise, target velocity noise - x0, the
+  model conditioned on s itself; s = shift(sigmoid(n)), n ~ N(logit_mean, logit_std^2) (SD3's logit-normal,
+  optionally shifted towards noise like the sampler's schedule).
+* ``model.family == "unet"``: epsilon prediction under the DDPM forward process of the sampler's
+  ``alphas_cumprod``, t uniform over 0 .. num_train_timesteps - 1.
+
+A fraction ``cond_dropout`` of captions is replaced by the negative prompt's tokens (the pipeline's
+``uncond_tokens``) so that classifier-free guidance works. Training runs through the bundle's own
+``pipeline.encode`` / ``pipeline.denoise``, so the weights drop straight into the RL pipelines
+(``model.init_checkpoint``). Training stops after ``pretrain.steps`` on purpose: the base model must stay
+imperfect. Afterwards GenEval-style accuracy (the ground-truth scorer of ``slas_jax.rewards.shapes``, strict and
+partial, overall and per category) is measured on images sampled with the RL sampler settings
+(``grpo.make_generate``) for every training and held-out prompt, and the checkpoint is written to
+``pretrain.output_dir`` (``slas_jax.pipelines.pretrained``) with a JSON of config, eval numbers and the hash
+of the parameters. JAX on CPU is deterministic: the same command on the same machine and software reproduces
+the parameters bit for bit (same hash).
+
+Bad configs end with one line on stderr and exit code 2 (``--verbose`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import re
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import flags
+from ml_collections import ConfigDict, config_flags
+from tqdm import tqdm
+
+from slas_jax.config import Config, ConfigError, from_mapping, load_config
+from slas_jax.data.shapes import TAGS, VOCABULARY, PromptSpec, render, split_specs
+from slas_jax.grpo import make_generate
+from slas_jax.pipelines import PipelineBundle, build_pipeline
+from slas_jax.pipelines.pretrained import params_hash, save_checkpoint
+from slas_jax.rewards.shapes import score_batch
+from slas_jax.samplers.flow import time_shift
+from slas_jax.train import USER_ERRORS, _explain_override_error
+
+FLAGS = flags.FlagValues()
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a pretraining config file with get_config().", flag_values=FLAGS
+)
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show tracebacks for errors.", flag_values=FLAGS)
+
+
+def _require(ok: bool, name: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config.pretrain.{name}: {message}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PretrainConfig:
+    """The ``pretrain`` section.
+
+    steps / batch_size: optimizer steps and (image, caption) pairs per step; learning_rate: AdamW peak,
+    reached linearly over ``warmup_steps``, then cosine-decayed to ``final_lr_fraction`` of it at ``steps``;
+    grad_clip: global-norm clipping; seed: data order, noise, times and condition dropout (model.seed
+    initialises the weights); cond_dropout: fraction of captions replaced by the negative prompt;
+    logit_mean / logit_std / time_shift: the flow-matching time distribution (ignored by the UNet);
+    output_dir: the checkpoint folder (replaced); eval_samples_per_prompt: images per prompt of each
+    evaluation set (its first ``eval_prompts`` prompts; 0: all of them), sampled with keys from ``eval_seed``,
+    ``eval_chunk`` prompts per sampler call;
+    zero_init: regular expressions over the backbone's dotted parameter paths (e.g. ``norm1.linear.kernel
+    .value``) whose parameters start at zero, e.g. DiT's adaLN-Zero (modulation and output layers), so that
+    every block starts as the identity and the model's output at zero (it trains markedly faster);
+    ema_decay: the saved and evaluated weights are an exponential moving average of the trained ones with
+    decay min(ema_decay, (1 + step) / (10 + step)) (0: the trained weights themselves); short runs at a high
+    learning rate sample much better from the average;
+    log_every: steps between loss readings (the only points where the host waits for the device).
+    """
+
+    steps: int = 1000
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    final_lr_fraction: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 0
+    cond_dropout: float = 0.1
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    time_shift: float = 1.0
+    output_dir: str = "checkpoints/shapes_flow"
+    eval_samples_per_prompt: int = 2
+    eval_prompts: int = 0
+    eval_seed: int = 1
+    eval_chunk: int = 128
+    zero_init: tuple[str, ...] = ()
+    ema_decay: float = 0.0
+    log_every: int = 50
+
+    def validate(self) -> None:
+        _require(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
+        _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        _require(self.learning_rate > 0, "learning_rate", "must be > 0")
+        _require(0 <= self.warmup_steps < self.steps, "warmup_steps", "must be in [0, steps)")
+        _require(0 <= self.final_lr_fraction <= 1, "final_lr_fraction", "must be in [0, 1]")
+        _require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        _require(self.grad_clip > 0, "grad_clip", "must be > 0")
+        _require(0 <= self.cond_dropout < 1, "cond_dropout", "must be in [0, 1)")
+        _require(self.logit_std > 0, "logit_std", "must be > 0")
+        _require(self.time_shift > 0, "time_shift", "must be > 0")
+        _require(self.eval_samples_per_prompt >= 0, "eval_samples_per_prompt", "must be >= 0 (0: no eval)")
+        _require(self.eval_prompts >= 0, "eval_prompts", "must be >= 0 (0: every prompt)")
+        _require(self.eval_chunk >= 1, "eval_chunk", "must be >= 1")
+        _require(0 <= self.ema_decay < 1, "ema_decay", "must be in [0, 1)")
+        _require(self.log_every >= 1, "log_every", "must be >= 1")
+
+
+def load_pretrain_config(values: Any) -> tuple[Config, PretrainConfig]:
+    """ConfigDict / mapping with ``model``, ``sampler`` (run-config sections, so ``build_pipeline`` and the
+    RL sampler settings apply) and ``pretrain`` -> validated (Config, PretrainConfig)."""
+    if hasattr(values, "to_dict"):
+        values = values.to_dict()
+    values = dict(values)
+    pretrain = from_mapping(PretrainConfig, values.pop("pretrain", {}), "pretrain")
+    pretrain.validate()
+    return load_config(values), pretrain
+
+
+def read_config_flag(
+    argv: list[str], flag_values: flags.FlagValues, config_flag: flags.FlagHolder, hint: str
+) -> ConfigDict:
+    """Parses ``argv`` into ``flag_values`` and returns the ``--config`` ConfigDict (overrides applied), or
+    raises ConfigError with one line, explaining bad overrides as the train CLI does; ``hint`` names the
+    config files to pass."""
+    try:
+        flag_values(argv)
+        raw = config_flag.value
+        if raw is None:
+            raise ConfigError(f"missing --config; pass --config {hint}")
+        raw.to_dict()
+    except flags.Error as e:
+        raise ConfigError(str(e).splitlines()[0]) from e
+    except (AttributeError, KeyError, TypeError, OSError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(_explain_override_error(argv)) from e
+    return raw
+
+
+def parse_config(argv: list[str]) -> tuple[Config, PretrainConfig]:
+    """Flags -> validated configs, or ConfigError with one line."""
+    return load_pretrain_config(
+        read_config_flag(argv, FLAGS, _CONFIG, "configs/shapes_pretrain_<flow|unet>.py")
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data
+
+
+def render_batch(
+    specs: Sequence[PromptSpec], seed: int, step: int, batch_size: int
+) -> tuple[np.ndarray, list[str]]:
+    """Training pairs of step ``step``: ``batch_size`` prompts drawn uniformly from ``specs`` and one fresh
+    render each, all from numpy's generator seeded by (seed, step) (so any step can be regenerated alone).
+
+    Returns images (batch_size, h, w, 3) float32 in [-1, 1] and their captions.
+    """
+    rng = np.random.default_rng([seed, step])
+    chosen = [specs[i] for i in rng.integers(len(specs), size=batch_size)]
+    images = np.stack([render(s, rng) for s in chosen])
+    return images * 2.0 - 1.0, [s.prompt for s in chosen]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Objectives
+
+
+def make_loss(bundle: PipelineBundle, config: Config, pc: PretrainConfig) -> Callable[..., jax.Array]:
+    """The denoising loss ``(trainable, images, tokens, key) -> scalar float32``.
+
+    trainable: {"backbone": bundle.params-like, "text": text encoder state}; images: (b, h, w, 3) float32 in
+    [-1, 1]; tokens: (b, length) int32 captions; key: PRNG key for dropout, times and noise.
+    """
+    pipeline = bundle.pipeline
+    uncond_tokens = bundle.frozen["uncond_tokens"]  # (1, length): the negative prompt
+    family = config.model.family
+    if family == "unet":
+        alphas_cumprod = jnp.asarray(pipeline.sampler.alphas_cumprod, jnp.float32)
+        prediction_type = pipeline.sampler.prediction_type
+
+    def loss_fn(trainable: Mapping[str, Any], x0: jax.Array, tokens: jax.Array, key: jax.Array) -> jax.Array:
+        drop_key, time_key, noise_key = jax.random.split(key, 3)
+        batch = x0.shape[0]
+        drop = jax.random.bernoulli(drop_key, pc.cond_dropout, (batch,))
+        tokens = jnp.where(drop[:, None], uncond_tokens, tokens)
+        cond, _ = pipeline.encode({**bundle.frozen, "text": trainable["text"]}, {"tokens": tokens})
+        noise = jax.random.normal(noise_key, x0.shape, jnp.float32)
+        if family == "flux":
+            u = jax.nn.sigmoid(pc.logit_mean + pc.logit_std * jax.random.normal(time_key, (batch,)))
+            s = time_shift(u, pc.time_shift)[:, None, None, None]
+            x = (1.0 - s) * x0 + s * noise
+            pred = pipeline.denoise(trainable["backbone"], x, s[:, 0, 0, 0], cond)
+            target = noise - x0
+        else:
+            t = jax.random.randint(time_key, (batch,), 0, alphas_cumprod.shape[0])
+            a = alphas_cumprod[t][:, None, None, None]
+            x = jnp.sqrt(a) * x0 + jnp.sqrt(1.0 - a) * noise
+            pred = pipeline.denoise(trainable["backbone"], x, t.astype(jnp.float32), cond)
+            target = noise if prediction_type == "epsilon" else jnp.sqrt(a) * noise - jnp.sqrt(1.0 - a) * x0
+        return jnp.mean(jnp.square(pred.astype(jnp.float32) - target))
+
+    return loss_fn
+
+
+def zero_init(params: Any, patterns: Sequence[str]) -> Any:
+    """``params`` with every leaf whose dotted path matches one of ``patterns`` (``re.search``) set to zeros;
+    ConfigError when a pattern matches nothing (a typo would otherwise pass silently)."""
+    compiled = [re.compile(p) for p in patterns]
+    used: set[str] = set()
+
+    def reset(path: tuple[Any, ...], leaf: jax.Array) -> jax.Array:
+        key = jax.tree_util.keystr(path, simple=True, separator=".")
+        hits = {c.pattern for c in compiled if c.search(key)}
+        used.update(hits)
+        return jnp.zeros_like(leaf) if hits else leaf
+
+    out = jax.tree_util.tree_map_with_path(reset, params)
+    if unused := [p for p in patterns if p not in used]:
+        raise ConfigError(f"config.pretrain.zero_init: {unused[0]!r} matches no backbone parameter")
+    return out
+
+
+def make_optimizer(pc: PretrainConfig) -> optax.GradientTransformation:
+    """AdamW with linear warmup and cosine decay, behind global-norm clipping."""
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, pc.learning_rate, pc.warmup_steps, pc.steps, end_value=pc.learning_rate * pc.final_lr_fraction
+    )
+    return optax.chain(
+        optax.clip_by_global_norm(pc.grad_clip), optax.adamw(schedule, weight_decay=pc.weight_decay)
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def generate_images(
+    bundle: PipelineBundle,
+    config: Config,
+    params: Any,
+    frozen: Any,
+    prompts: Sequence[str],
+    *,
+    samples_per_prompt: int,
+    seed: int,
+    chunk: int,
+) -> np.ndarray:
+    """Images of ``prompts`` sampled with the run's sampler (``grpo.make_generate``: its steps, noise and
+    CFG), ``samples_per_prompt`` each, ``chunk`` prompts per call (the last chunk padded by repeating its
+    first prompt, so one compilation serves every call); chunk c uses key fold_in(PRNGKey(seed), c).
+
+    Returns (len(prompts) * samples_per_prompt, h, w, 3) float32 in [0, 1], sample j of prompt i at
+    i * samples_per_prompt + j.
+    """
+    generate = make_generate(bundle.pipeline, config)
+    tokens = bundle.tokenize(list(prompts))
+    out = []
+    for c, start in enumerate(range(0, len(prompts), chunk)):
+        part = tokens[start : start + chunk]
+        padded = np.concatenate([part, np.repeat(part[:1], chunk - len(part), axis=0)])
+        images = generate(
+            params,
+            frozen,
+            {"tokens": jnp.asarray(padded)},
+            jax.random.fold_in(jax.random.PRNGKey(seed), c),
+            samples_per_prompt=samples_per_prompt,
+        )
+        out.append(np.asarray(images)[: len(part) * samples_per_prompt])
+    return np.concatenate(out)
+
+
+def accuracy(images: np.ndarray, specs: Sequence[PromptSpec], samples_per_prompt: int) -> dict[str, Any]:
+    """Ground-truth scores of ``images`` (sample j of spec i at i * samples_per_prompt + j): mean strict and
+    partial overall and per GenEval category ({"strict", "partial", "per_tag": {tag: {...}}, "images"})."""
+    per_sample = [s for s in specs for _ in range(samples_per_prompt)]
+    strict, partial = score_batch(images, per_sample)
+    tags = np.asarray([s.tag for s in per_sample])
+    per_tag = {
+        tag: {
+            "strict": round(float(strict[tags == tag].mean()), 4),
+            "partial": round(float(partial[tags == tag].mean()), 4),
+            "images": int((tags == tag).sum()),
+        }
+        for tag in TAGS
+        if (tags == tag).any()
+    }
+    return {
+        "strict": round(float(strict.mean()), 4),
+        "partial": round(float(partial.mean()), 4),
+        "images": len(per_sample),
+        "per_tag": per_tag,
+    }
+
+
+def evaluate(
+    bundle: PipelineBundle, config: Config, pc: PretrainConfig, trainable: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Accuracy on the training and the held-out prompts (the first ``pc.eval_prompts`` of each, or all),
+    ``pc.eval_samples_per_prompt`` images each."""
+    frozen = {**bundle.frozen, "text": trainable["text"]}
+    results = {}
+    for split in ("train", "held_out"):
+        specs = split_specs(split)[: pc.eval_prompts or None]
+        images = generate_images(
+            bundle,
+            config,
+            trainable["backbone"],
+            frozen,
+            [s.prompt for s in specs],
+            samples_per_prompt=pc.eval_samples_per_prompt,
+            seed=pc.eval_seed,
+            chunk=pc.eval_chunk,
+        )
+        results[split] = accuracy(images, specs, pc.eval_samples_per_prompt)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The run
+
+
+def software() -> dict[str, str]:
+    """Versions that bit-for-bit regeneration depends on."""
+    return {
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "numpy": np.__version__,
+        "backend": jax.default_backend(),
+        "machine": platform.machine(),
+    }
+
+
+def train(
+    config: Config, pc: PretrainConfig, *, progress: bool = True
+) -> tuple[PipelineBundle, dict[str, Any], list[tuple[int, float]]]:
+    """Pretrains from scratch; returns the bundle with the trained weights (their moving average when
+    ``ema_decay`` is set), those weights as {"backbone", "text"} and the loss readings [(step, loss)] every
+    ``log_every`` steps and at the end."""
+    bundle = build_pipeline(
+        dataclasses.replace(config, model=dataclasses.replace(config.model, init_checkpoint=None)), VOCABULARY
+    )
+    trainable = {"backbone": zero_init(bundle.params, pc.zero_init), "text": bundle.frozen["text"]}
+    tx = make_optimizer(pc)
+    loss_fn = make_loss(bundle, config, pc)
+
+    def step_fn(trainable, average, opt_state, images, tokens, key, step):
+        loss, grads = jax.value_and_grad(loss_fn)(trainable, images, tokens, key)
+        updates, opt_state = tx.update(grads, opt_state, trainable)
+        trainable = optax.apply_updates(trainable, updates)
+        if pc.ema_decay:
+            decay = jnp.minimum(pc.ema_decay, (1.0 + step) / (10.0 + step))
+            average = jax.tree.map(lambda a, p: decay * a + (1.0 - decay) * p, average, trainable)
+        return trainable, average, opt_state, loss
+
+    step = jax.jit(step_fn, donate_argnums=(0, 1, 2))
+    opt_state = tx.init(trainable)
+    # The average needs its own buffers: the step donates both trees.
+    average = jax.tree.map(jnp.copy, trainable) if pc.ema_decay else None
+    specs = split_specs("train")
+    base_key = jax.random.PRNGKey(pc.seed)
+    losses: list[tuple[int, float]] = []
+    bar = tqdm(range(pc.steps), desc="pretrain", unit="step", dynamic_ncols=True, disable=not progress)
+    for i in bar:
+        # The step is dispatched asynchronously: the next batch renders on the host while the device trains.
+        images, prompts = render_batch(specs, pc.seed, i, pc.batch_size)
+        trainable, average, opt_state, loss = step(
+            trainable,
+            average,
+            opt_state,
+            images,
+            bundle.tokenize(prompts),
+            jax.random.fold_in(base_key, i),
+            jnp.asarray(i, jnp.float32),
+        )
+        if i % pc.log_every == 0 or i == pc.steps - 1:
+            losses.append((i, float(loss)))
+            if not np.isfinite(losses[-1][1]):
+                raise FloatingPointError(
+                    f"loss became {losses[-1][1]} at step {i}; lower pretrain.learning_rate"
+                )
+            bar.set_postfix(loss=f"{losses[-1][1]:.4f}")
+    trainable = jax.block_until_ready(average if pc.ema_decay else trainable)
+    bundle = dataclasses.replace(
+        bundle, params=trainable["backbone"], frozen={**bundle.frozen, "text": trainable["text"]}
+    )
+    return bundle, trainable, losses
+
+
+def run(config: Config, pc: PretrainConfig, *, command: str = "", progress: bool = True) -> dict[str, Any]:
+    """Trains, evaluates and writes the checkpoint to ``pc.output_dir``; returns the metadata it wrote."""
+    started = time.perf_counter()
+    bundle, trainable, losses = train(config, pc, progress=progress)
+    train_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    evaluation = evaluate(bundle, config, pc, trainable) if pc.eval_samples_per_prompt else {}
+    metadata = {
+        "kind": "shapes_base_model",
+        "family": config.model.family,
+        "command": command,
+        "model": json_ready(config.model),
+        "sampler": json_ready(config.sampler),
+        "pretrain": json_ready(pc),
+        "vocabulary": list(VOCABULARY),
+        "num_params": {k: int(sum(np.size(x) for x in jax.tree.leaves(v))) for k, v in trainable.items()},
+        "params_sha256": params_hash(trainable),
+        "eval": evaluation,
+        "loss": [[s, round(v, 5)] for s, v in losses],
+        "seconds": {"train": round(train_seconds, 1), "eval": round(time.perf_counter() - started, 1)},
+        "software": software(),
+    }
+    save_checkpoint(pc.output_dir, trainable, metadata)
+    return metadata
+
+
+def json_ready(value: Any) -> Any:
+    """Config values as JSON (dataclasses and mappings as dicts, tuples as lists)."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: json_ready(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    verbose = "--verbose" in argv or "--verbose=true" in argv
+    try:
+        config, pc = parse_config(argv)
+        command = " ".join(["python -m slas_jax.pretrain", *argv[1:]])
+        metadata = run(config, pc, command=command)
+    except (*USER_ERRORS, FloatingPointError) as e:
+        if verbose:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    summary = ", ".join(
+        f"{split} strict {m['strict']:.3f} partial {m['partial']:.3f}"
+        for split, m in metadata["eval"].items()
+    )
+    print(
+        f"done: {pc.steps} steps in {metadata['seconds']['train']:.0f} s; {summary or 'no eval'}; "
+        f"params sha256 {metadata['params_sha256'][:16]}; saved to {pc.output_dir}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
