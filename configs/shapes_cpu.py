@@ -1,5 +1,9 @@
-"""The default demo: SLAS on the shapes testbed's FLUX-class flow backbone, trained against the learned proxy
-reward, with the pixel ground truth measured beside it (in-domain and on held-out prompt combinations).
+"""The shapes demo: SLAS on the shapes testbed's FLUX-class flow backbone (pretrained base in
+checkpoints/shapes_flow), with the pixel ground truth measured beside the training reward, in-domain and on
+held-out prompt combinations.
+
+Work in progress (issue 5): the training reward is the ground-truth partial score until the learned proxy
+reward ships; then ``reward.name = "proxy"`` and the ground truth stays the judge.
 
 python -m slas_jax.train --config configs/shapes_cpu.py
 """
@@ -13,6 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
     c = defaults()
     c.model.family = "flux"
     c.model.resolution = 32
+    c.model.init_checkpoint = "checkpoints/shapes_flow"
     c.model.architecture = {
         "num_layers": 2,
         "num_single_layers": 2,
@@ -30,6 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.sampler.num_steps = 8
     c.sampler.noise_level = 0.7
     c.sampler.shift = 3.0
+    c.sampler.decode = "prediction"  # the last flow-SDE step still adds pixel noise the scorer would count
     c.advantage.method = "slas"
     c.loss.clip_range = 0.05
     c.loss.timestep_fraction = 0.5
