@@ -26,7 +26,7 @@ from slas_jax.grpo import Pipeline
 from slas_jax.models import clip, convert, flux, vae
 from slas_jax.pipelines import PipelineBundle
 from slas_jax.pipelines.components import load_components
-from slas_jax.pipelines.sd import check_checkpoint_folder
+from slas_jax.pipelines.sd import check_checkpoint_folder, random_text_config
 from slas_jax.samplers import FlowSampler, shifted_sigmas
 from slas_jax.samplers.flow import dynamic_shift_mu
 from slas_jax.tokenizers import WordTokenizer, load_hf_tokenizer
@@ -162,15 +162,7 @@ def random_flux_pipeline(config: Config, vocabulary: Sequence[str], max_length: 
     tokenizer = WordTokenizer(vocabulary, max_length)
     dtype = jnp.dtype(config.model.dtype)
     rngs = nnx.Rngs(config.model.seed)
-    text_config = clip.CLIPTextConfig(
-        **{
-            "vocab_size": tokenizer.vocab_size,
-            "max_position_embeddings": max_length,
-            "eos_token_id": WordTokenizer.EOS,
-            "dtype": dtype,
-            **config.model.text_architecture,
-        }
-    )
+    text_config = random_text_config(config, tokenizer)
     flux_config = flux.FluxConfig(
         **{
             "in_channels": 12,

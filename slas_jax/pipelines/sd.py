@@ -137,21 +137,27 @@ def _assemble(
     return PipelineBundle(pipeline=pipeline, params=unet_params, frozen=frozen, tokenize=tokenize)
 
 
+def random_text_config(config: Config, tokenizer: WordTokenizer) -> clip.CLIPTextConfig:
+    """The CLIP text encoder of a randomly initialised testbed model: sized by the word tokenizer, pooling at
+    its eos, ``config.model.text_architecture`` overriding the rest."""
+    return clip.CLIPTextConfig(
+        **{
+            "vocab_size": tokenizer.vocab_size,
+            "max_position_embeddings": tokenizer.max_length,
+            "eos_token_id": WordTokenizer.EOS,
+            "dtype": jnp.dtype(config.model.dtype),
+            **config.model.text_architecture,
+        }
+    )
+
+
 def random_sd_pipeline(config: Config, vocabulary: Sequence[str], max_length: int) -> PipelineBundle:
     """A randomly initialised pixel-space UNet + CLIP text encoder from ``config.model`` (architecture fields
     override the UNet / CLIP text configs), with a word-level tokenizer over ``vocabulary``."""
     tokenizer = WordTokenizer(vocabulary, max_length)
     dtype = jnp.dtype(config.model.dtype)
     rngs = nnx.Rngs(config.model.seed)
-    text_config = clip.CLIPTextConfig(
-        **{
-            "vocab_size": tokenizer.vocab_size,
-            "max_position_embeddings": max_length,
-            "eos_token_id": WordTokenizer.EOS,
-            "dtype": dtype,
-            **config.model.text_architecture,
-        }
-    )
+    text_config = random_text_config(config, tokenizer)
     unet_config = unet.UNetConfig(
         **{
             "in_channels": 3,
