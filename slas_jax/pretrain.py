@@ -73,6 +73,8 @@ class PretrainConfig:
     grad_clip: global-norm clipping; seed: data order, noise, times and condition dropout (model.seed
     initialises the weights); cond_dropout: fraction of captions replaced by the negative prompt;
     logit_mean / logit_std / time_shift: the flow-matching time distribution (ignored by the UNet);
+    min_snr_gamma: the UNet's Min-SNR-gamma loss weight min(SNR, gamma) / SNR (Hang et al. 2023), which
+    stops easy low-noise timesteps from dominating the gradient (0: unweighted; ignored by the flow model);
     output_dir: the checkpoint folder (replaced); eval_samples_per_prompt: images per prompt of each
     evaluation set (its first ``eval_prompts`` prompts; 0: all of them), sampled with keys from ``eval_seed``,
     ``eval_chunk`` prompts per sampler call;
@@ -97,6 +99,7 @@ class PretrainConfig:
     logit_mean: float = 0.0
     logit_std: float = 1.0
     time_shift: float = 1.0
+    min_snr_gamma: float = 0.0
     output_dir: str = "checkpoints/shapes_flow"
     eval_samples_per_prompt: int = 2
     eval_prompts: int = 0
@@ -117,6 +120,7 @@ class PretrainConfig:
         _require(0 <= self.cond_dropout < 1, "cond_dropout", "must be in [0, 1)")
         _require(self.logit_std > 0, "logit_std", "must be > 0")
         _require(self.time_shift > 0, "time_shift", "must be > 0")
+        _require(self.min_snr_gamma >= 0, "min_snr_gamma", "must be >= 0 (0: unweighted)")
         _require(self.eval_samples_per_prompt >= 0, "eval_samples_per_prompt", "must be >= 0 (0: no eval)")
         _require(self.eval_prompts >= 0, "eval_prompts", "must be >= 0 (0: every prompt)")
         _require(self.eval_chunk >= 1, "eval_chunk", "must be >= 1")
@@ -211,13 +215,21 @@ def make_loss(bundle: PipelineBundle, config: Config, pc: PretrainConfig) -> Cal
             x = (1.0 - s) * x0 + s * noise
             pred = pipeline.denoise(trainable["backbone"], x, s[:, 0, 0, 0], cond)
             target = noise - x0
+            weight = 1.0
         else:
             t = jax.random.randint(time_key, (batch,), 0, alphas_cumprod.shape[0])
             a = alphas_cumprod[t][:, None, None, None]
             x = jnp.sqrt(a) * x0 + jnp.sqrt(1.0 - a) * noise
             pred = pipeline.denoise(trainable["backbone"], x, t.astype(jnp.float32), cond)
             target = noise if prediction_type == "epsilon" else jnp.sqrt(a) * noise - jnp.sqrt(1.0 - a) * x0
-        return jnp.mean(jnp.square(pred.astype(jnp.float32) - target))
+            snr = a / (1.0 - a)
+            # Min-SNR-gamma weighs the x0 error by min(SNR, gamma); an eps loss is SNR x, a v loss (SNR + 1) x it.
+            weight = (
+                jnp.minimum(snr, pc.min_snr_gamma) / (snr if prediction_type == "epsilon" else snr + 1.0)
+                if pc.min_snr_gamma
+                else 1.0
+            )
+        return jnp.mean(weight * jnp.square(pred.astype(jnp.float32) - target))
 
     return loss_fn
 
