@@ -1,6 +1,7 @@
 """Pretraining of the shapes testbed's flow base model: the FLUX transformer class (pixel space, 2x2 pixel
-patches as tokens, 2 double- + 2 single-stream blocks, width 64) with its tiny CLIP text encoder, trained by
-flow matching on renders of the training prompts, stopped early on purpose (imperfect base model).
+patches as tokens, 2 double- + 2 single-stream blocks, 4 heads of 32, width 128) with its tiny CLIP text
+encoder, trained by flow matching on renders of the training prompts, stopped early on purpose (imperfect
+base model: train strict 8.2%, partial 0.251; held-out strict 3.1%, partial 0.196; 18 min on 2 CPU cores).
 
 Regenerate the shipped checkpoint (bit for bit on the same machine and software; compare ``params_sha256`` in
 checkpoints/shapes_flow/metadata.json):
@@ -25,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
                 "num_layers": 2,
                 "num_single_layers": 2,
                 "attention_head_dim": 32,
-                "num_attention_heads": 2,
+                "num_attention_heads": 4,
                 "axes_dims_rope": (8, 12, 12),
             },
             "text_architecture": {
@@ -52,7 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
         {
             "steps": 3000,
             "batch_size": 16,
-            "learning_rate": 3e-3,
+            "learning_rate": 1e-3,
             "warmup_steps": 50,
             "final_lr_fraction": 0.1,
             "weight_decay": 0.0,
