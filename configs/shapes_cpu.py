@@ -1,52 +1,77 @@
-"""The shapes demo: SLAS on the shapes testbed's FLUX-class flow backbone (pretrained base in
-checkpoints/shapes_flow), with the pixel ground truth measured beside the training reward, in-domain and on
-held-out prompt combinations.
+"""The shapes demo, the project's first run: SLAS on the shapes testbed's FLUX-class flow backbone (pretrained
+base in checkpoints/shapes_flow) against the learned proxy reward (checkpoints/shapes_proxy, the testbed's
+HPS), with the pixel ground truth measured beside it: on every rollout, and every ``eval.every`` steps on
+fixed training and held-out (out-of-domain) prompt sets.
 
-Work in progress (issue 5): the training reward is the ground-truth partial score until the learned proxy
-reward ships; then ``reward.name = "proxy"`` and the ground truth stays the judge.
+    python -m slas_jax.train --config configs/shapes_cpu.py
 
-python -m slas_jax.train --config configs/shapes_cpu.py
+Variants name a backbone, a reward and a method after a colon, in any order (defaults flow, proxy, slas):
+
+    python -m slas_jax.train --config configs/shapes_cpu.py:dance_grpo
+    python -m slas_jax.train --config configs/shapes_cpu.py:unet,truth,mean_only
+
+backbone: flow | unet; reward: proxy | truth (the ground-truth partial score); method: slas | dance_grpo |
+mean_only | flow_grpo. The model and sampler sections come from the base model's pretraining config, so the
+RL sampler is the one the base model was evaluated with.
 """
+
+import runpy
+from pathlib import Path
 
 import ml_collections
 
 from slas_jax.config import defaults
 
+HERE = Path(__file__).resolve().parent
+BACKBONES = {
+    "flow": ("shapes_pretrain_flow.py", "checkpoints/shapes_flow"),
+    "unet": ("shapes_pretrain_unet.py", "checkpoints/shapes_unet"),
+}
+REWARDS = {
+    "proxy": ("proxy", {"checkpoint": "checkpoints/shapes_proxy"}),
+    "truth": ("shapes", {"kind": "partial"}),
+}
+METHODS = ("slas", "dance_grpo", "mean_only", "flow_grpo")
 
-def get_config() -> ml_collections.ConfigDict:
+
+def parse_variant(variant: str) -> dict[str, str]:
+    """ "unet,truth" -> {"backbone": "unet", "reward": "truth", "method": "slas"}; ValueError naming the
+    choices for an unknown word."""
+    chosen = {"backbone": "flow", "reward": "proxy", "method": "slas"}
+    for word in filter(None, (w.strip() for w in variant.split(","))):
+        if word in BACKBONES:
+            chosen["backbone"] = word
+        elif word in REWARDS:
+            chosen["reward"] = word
+        elif word in METHODS:
+            chosen["method"] = word
+        else:
+            raise ValueError(
+                f"unknown shapes_cpu variant {word!r}: choose from backbones {sorted(BACKBONES)}, "
+                f"rewards {sorted(REWARDS)}, methods {list(METHODS)}"
+            )
+    return chosen
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    chosen = parse_variant(variant)
+    pretrain_file, checkpoint = BACKBONES[chosen["backbone"]]
+    base = runpy.run_path(str(HERE / pretrain_file))["get_config"]()
     c = defaults()
-    c.model.family = "flux"
-    c.model.resolution = 32
-    c.model.init_checkpoint = "checkpoints/shapes_flow"
-    c.model.architecture = {
-        "num_layers": 2,
-        "num_single_layers": 2,
-        "attention_head_dim": 32,
-        "num_attention_heads": 2,
-        "axes_dims_rope": (8, 12, 12),
-    }
-    c.model.text_architecture = {
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-    }
-    c.sampler.name = "flow_sde"
-    c.sampler.num_steps = 8
-    c.sampler.noise_level = 0.7
-    c.sampler.shift = 3.0
-    c.sampler.decode = "prediction"  # the last flow-SDE step still adds pixel noise the scorer would count
-    c.advantage.method = "slas"
+    c.model.update(base.model.to_dict())
+    c.model.init_checkpoint = checkpoint
+    c.sampler.update(base.sampler.to_dict())
+    c.advantage.method = chosen["method"]
     c.loss.clip_range = 0.05
     c.loss.timestep_fraction = 0.5
-    c.optim.learning_rate = 3e-4
+    c.optim.learning_rate = 1e-4
     c.train.num_steps = 30
     c.train.prompts_per_step = 8
     c.train.group_size = 8
     c.train.micro_batch_size = 32
-    c.train.output_dir = "runs/shapes_cpu"
-    c.reward.name = "shapes"
-    c.reward.options = {"kind": "partial"}
+    default = variant.strip() == ""
+    c.train.output_dir = "runs/shapes_cpu" if default else "runs/shapes_" + "_".join(chosen.values())
+    c.reward.name, c.reward.options = REWARDS[chosen["reward"]]
     c.data.name = "shapes"
     c.data.options = {"split": "train", "data_dir": "~/tensorflow_datasets"}
     c.eval.scorer = "shapes"

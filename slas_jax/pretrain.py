@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import flags
-from ml_collections import ConfigDict, config_flags
+from ml_collections import config_flags
 from tqdm import tqdm
 
 from slas_jax.config import Config, ConfigError, from_mapping, load_config
@@ -50,7 +50,7 @@ from slas_jax.pipelines import PipelineBundle, build_pipeline
 from slas_jax.pipelines.pretrained import params_hash, save_checkpoint
 from slas_jax.rewards.shapes import score_batch
 from slas_jax.samplers.flow import time_shift
-from slas_jax.train import USER_ERRORS, _explain_override_error
+from slas_jax.train import USER_ERRORS, read_config_flag
 
 FLAGS = flags.FlagValues()
 _CONFIG = config_flags.DEFINE_config_file(
@@ -137,27 +137,6 @@ def load_pretrain_config(values: Any) -> tuple[Config, PretrainConfig]:
     pretrain = from_mapping(PretrainConfig, values.pop("pretrain", {}), "pretrain")
     pretrain.validate()
     return load_config(values), pretrain
-
-
-def read_config_flag(
-    argv: list[str], flag_values: flags.FlagValues, config_flag: flags.FlagHolder, hint: str
-) -> ConfigDict:
-    """Parses ``argv`` into ``flag_values`` and returns the ``--config`` ConfigDict (overrides applied), or
-    raises ConfigError with one line, explaining bad overrides as the train CLI does; ``hint`` names the
-    config files to pass."""
-    try:
-        flag_values(argv)
-        raw = config_flag.value
-        if raw is None:
-            raise ConfigError(f"missing --config; pass --config {hint}")
-        raw.to_dict()
-    except flags.Error as e:
-        raise ConfigError(str(e).splitlines()[0]) from e
-    except (AttributeError, KeyError, TypeError, OSError, ValueError) as e:
-        if isinstance(e, ConfigError):
-            raise
-        raise ConfigError(_explain_override_error(argv)) from e
-    return raw
 
 
 def parse_config(argv: list[str]) -> tuple[Config, PretrainConfig]:

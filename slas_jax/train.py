@@ -16,7 +16,7 @@ from pathlib import Path
 import jax
 import numpy as np
 from absl import flags
-from ml_collections import config_flags
+from ml_collections import ConfigDict, config_flags
 from tqdm import tqdm
 
 from slas_jax import grpo, parallel
@@ -49,6 +49,15 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", 0, "This process's index.", fla
 USER_ERRORS = (ConfigError, ConversionError, FileNotFoundError)
 
 
+def flag_error_line(error: flags.Error) -> str:
+    """One line for a flag error. An exception raised inside a config file's ``get_config`` reaches us as a
+    flag error holding its traceback; the line keeps the flag and the exception's own last line."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    if any(line.startswith("Traceback") for line in lines):
+        return f"{lines[0].split(': ')[0]}: {lines[-1]}"
+    return lines[0]
+
+
 def _explain_override_error(argv: list[str]) -> str:
     """Names the first ``--config.a.b=v`` override whose key path the config file does not have."""
     config_path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
@@ -74,21 +83,30 @@ def _explain_override_error(argv: list[str]) -> str:
     return "could not parse the command line; check the --config overrides"
 
 
-def parse_config(argv: list[str]) -> Config:
-    """Flags -> validated Config, or ConfigError with one line."""
+def read_config_flag(
+    argv: list[str], flag_values: flags.FlagValues, config_flag: flags.FlagHolder, hint: str
+) -> ConfigDict:
+    """Parses ``argv`` into ``flag_values`` and returns the ``--config`` ConfigDict (overrides applied), or
+    raises ConfigError with one line, explaining bad overrides as the train CLI does; ``hint`` names the
+    config files to pass."""
     try:
-        FLAGS(argv)
-        raw = _CONFIG.value
+        flag_values(argv)
+        raw = config_flag.value
         if raw is None:
-            raise ConfigError("missing --config; pass --config configs/<name>.py")
+            raise ConfigError(f"missing --config; pass --config {hint}")
         raw.to_dict()
     except flags.Error as e:
-        raise ConfigError(str(e).splitlines()[0]) from e
+        raise ConfigError(flag_error_line(e)) from e
     except (AttributeError, KeyError, TypeError, OSError, ValueError) as e:
         if isinstance(e, ConfigError):
             raise
         raise ConfigError(_explain_override_error(argv)) from e
-    return load_config(raw)
+    return raw
+
+
+def parse_config(argv: list[str]) -> Config:
+    """Flags -> validated Config, or ConfigError with one line."""
+    return load_config(read_config_flag(argv, FLAGS, _CONFIG, "configs/<name>.py"))
 
 
 def run(config: Config) -> list[dict[str, float]]:

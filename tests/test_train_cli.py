@@ -30,6 +30,10 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         (("--config", "configs/nope.py"), "config file configs/nope.py does not exist"),
         ((), "missing --config"),
         (("--config", CONFIG, "--config.sampler.name=flow_sde"), "does not fit model.family='unet'"),
+        (
+            ("--config", str(ROOT / "configs" / "shapes_cpu.py:unet,bogus")),
+            "unknown shapes_cpu variant 'bogus': choose from backbones",
+        ),
     ],
 )
 def test_bad_command_lines_fail_with_one_line(args, expected):

@@ -1,0 +1,55 @@
+"""The shapes testbed's learned proxy reward ("proxy", the testbed's HPS): a tiny CLIP (ViT on 4x4-pixel
+patches + word-level text tower, width 64) whose scaled cosine plus bias regresses the ground-truth partial
+score on a limited labelled sample of the training prompts (renders, half of them blurred and noised, and
+base-model samples; each image with its own prompt, a near miss and another prompt of its category). Needs checkpoints/shapes_flow (and _unet) to exist.
+
+Regenerate the shipped checkpoint (bit for bit on the same machine and software; compare ``params_sha256`` in
+checkpoints/shapes_proxy/metadata.json):
+
+    python -m slas_jax.train_proxy --config configs/shapes_proxy.py
+
+RL configs select it with ``reward.name = "proxy"`` (option ``checkpoint``, default checkpoints/shapes_proxy).
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        {
+            "architecture": {
+                "text": {
+                    "hidden_size": 64,
+                    "intermediate_size": 128,
+                    "num_hidden_layers": 2,
+                    "num_attention_heads": 2,
+                },
+                "vision": {
+                    "hidden_size": 64,
+                    "intermediate_size": 128,
+                    "num_hidden_layers": 2,
+                    "num_attention_heads": 2,
+                    "patch_size": 4,
+                },
+                "projection_dim": 64,
+            },
+            "model_seed": 0,
+            "renders": 24576,
+            "degraded_fraction": 0.5,
+            "max_blur": 1.5,
+            "max_noise": 0.08,
+            "base_checkpoints": ("checkpoints/shapes_flow", "checkpoints/shapes_unet"),
+            "base_samples": (1536, 768),
+            "validation_fraction": 0.2,
+            "ood_renders": 256,
+            "ood_base_samples": 256,
+            "steps": 3000,
+            "batch_size": 128,
+            "learning_rate": 1e-3,
+            "warmup_steps": 100,
+            "weight_decay": 1e-4,
+            "seed": 0,
+            "output_dir": "checkpoints/shapes_proxy",
+            "log_every": 100,
+        }
+    )

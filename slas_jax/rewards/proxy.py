@@ -1,0 +1,123 @@
+"""The shapes testbed's learned proxy reward ("proxy"): the role HPS / PickScore play for real models.
+
+A tiny CLIP (``slas_jax.models.clip.CLIPModel``: a ViT image tower on 4x4-pixel patches and a text tower over
+the shapes grammar's word tokenizer) scores an (image, prompt) pair as
+
+    score = exp(logit_scale) * cosine(image embedding, text embedding) + bias,
+
+HPS's form (a scaled CLIP cosine) plus a bias, regressed onto the ground-truth PARTIAL score of a limited
+labelled sample (``python -m slas_jax.train_proxy --config configs/shapes_proxy.py``). Like HPS it is imperfect
+(trained on a few thousand pairs, it has never seen most images a policy will produce) and exploitable: a
+policy can raise the cosine without satisfying the prompt. The shipped checkpoint lives in
+``checkpoints/shapes_proxy`` (``params/`` + ``metadata.json`` with its held-out correlation with the truth).
+
+The reward is a pure jittable function of (its parameters, images, the batch's ``proxy_tokens``); its
+``prepare`` tokenises prompts with its own tokenizer, so any pipeline's tokenizer can sit beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from slas_jax.models import clip, layers
+from slas_jax.pipelines.pretrained import read_metadata, restore_groups
+from slas_jax.rewards.registry import Reward, register
+from slas_jax.tokenizers import WordTokenizer
+
+DEFAULT_CHECKPOINT = "checkpoints/shapes_proxy"
+REGENERATE = "python -m slas_jax.train_proxy --config configs/shapes_proxy.py"
+TOKENS_KEY = "proxy_tokens"
+
+
+class ProxyModel(nnx.Module):
+    """exp(logit_scale) * cosine(image, text) + bias over a :class:`~slas_jax.models.clip.CLIPModel`."""
+
+    def __init__(self, text: clip.CLIPTextConfig, vision: clip.CLIPVisionConfig, *, rngs: nnx.Rngs):
+        self.clip = clip.CLIPModel(text, vision, rngs=rngs)
+        # The target is a score in [0, 1], not a contrastive logit: start from scale 1 and bias 0.5 rather
+        # than CLIP's temperature of 1 / 0.07.
+        self.clip.logit_scale[...] = 0.0
+        self.bias = layers.param((), (), rngs=rngs, init=nnx.initializers.constant(0.5))
+
+    def __call__(self, images: jax.Array, tokens: jax.Array) -> jax.Array:
+        """images: (b, h, w, 3) float in [0, 1]; tokens: (b, length) int32 word ids. Returns (b,) float32."""
+        image = self.clip.get_image_features(images.astype(jnp.float32) * 2.0 - 1.0)
+        text = self.clip.get_text_features(tokens)
+        image = image / jnp.linalg.norm(image, axis=-1, keepdims=True)
+        text = text / jnp.linalg.norm(text, axis=-1, keepdims=True)
+        cosine = jnp.sum(image * text, axis=-1)
+        return jnp.exp(self.clip.logit_scale[...]) * cosine + self.bias[...]
+
+
+def model_configs(
+    architecture: Mapping[str, Any], tokenizer: WordTokenizer, image_size: int
+) -> tuple[clip.CLIPTextConfig, clip.CLIPVisionConfig]:
+    """The towers' configs: ``architecture`` {"text": CLIPTextConfig fields, "vision": CLIPVisionConfig
+    fields, "projection_dim": int}; the tokenizer fixes vocabulary, length and eos, ``image_size`` the
+    vision input."""
+    projection = architecture["projection_dim"]
+    text = clip.CLIPTextConfig(
+        **{
+            "vocab_size": tokenizer.vocab_size,
+            "max_position_embeddings": tokenizer.max_length,
+            "eos_token_id": WordTokenizer.EOS,
+            "with_projection": True,
+            "projection_dim": projection,
+            **architecture["text"],
+        }
+    )
+    vision = clip.CLIPVisionConfig(
+        **{"image_size": image_size, "projection_dim": projection, **architecture["vision"]}
+    )
+    return text, vision
+
+
+def build_proxy(
+    architecture: Mapping[str, Any], vocabulary: Sequence[str], max_length: int, image_size: int, seed: int
+) -> tuple[nnx.GraphDef, nnx.State, WordTokenizer]:
+    """A randomly initialised proxy: (graph, params, tokenizer)."""
+    tokenizer = WordTokenizer(vocabulary, max_length)
+    text, vision = model_configs(architecture, tokenizer, image_size)
+    graph, params = nnx.split(ProxyModel(text, vision, rngs=nnx.Rngs(seed)))
+    return graph, params, tokenizer
+
+
+def load_proxy(folder: str | Path = DEFAULT_CHECKPOINT) -> tuple[nnx.GraphDef, nnx.State, WordTokenizer]:
+    """The trained proxy in ``folder``: (graph, params, tokenizer). FileNotFoundError / ConversionError
+    (one line, naming the command that regenerates it) when it is missing or does not fit."""
+    metadata = read_metadata(folder, REGENERATE)
+    graph, params, tokenizer = build_proxy(
+        metadata["architecture"],
+        metadata["vocabulary"],
+        metadata["max_length"],
+        metadata["image_size"],
+        metadata["model_seed"],
+    )
+    restored = restore_groups(folder, {"proxy": params}, REGENERATE)["proxy"]
+    return graph, jax.tree.map(jnp.asarray, restored), tokenizer
+
+
+def proxy_scores(graph: nnx.GraphDef, params: nnx.State, images: jax.Array, tokens: jax.Array) -> jax.Array:
+    """images: (b, h, w, 3) float in [0, 1]; tokens: (b, length) int32. Returns (b,) float32 scores."""
+    return nnx.merge(graph, params)(images, tokens)
+
+
+@register("proxy")
+def proxy_reward(checkpoint: str = DEFAULT_CHECKPOINT) -> Reward:
+    """The learned proxy in ``checkpoint``; ``prepare`` adds ``proxy_tokens`` (b, length) int32 to the batch."""
+    graph, params, tokenizer = load_proxy(checkpoint)
+
+    def fn(params: nnx.State, images: jax.Array, batch: Mapping[str, jax.Array]) -> jax.Array:
+        return proxy_scores(graph, params, images, batch[TOKENS_KEY])
+
+    def prepare(prompts: Sequence[str]) -> dict[str, np.ndarray]:
+        return {TOKENS_KEY: tokenizer(prompts)}
+
+    return Reward(fn=fn, params=params, prepare=prepare)

@@ -1,0 +1,417 @@
+"""Command line: ``python -m slas_jax.train_proxy --config configs/shapes_proxy.py [--config.key=value ...]``.
+
+Trains the shapes testbed's learned proxy reward (``slas_jax.rewards.proxy``) on a LIMITED labelled sample and
+writes it to ``output_dir`` (default ``checkpoints/shapes_proxy``). The sample, all on the TRAINING prompts:
+
+* renders: ``renders`` fresh renders of random prompts, a ``degraded_fraction`` of them blurred and noised
+  (``max_blur``, ``max_noise``) so that they look more like samples;
+* base-model samples: for each checkpoint in ``base_checkpoints``, ``base_samples`` images sampled with its
+  recorded RL sampler settings.
+
+Each image is paired three times: with its own prompt, with a near miss (the closest prompt of its GenEval
+category in words: another count, colour or relation, or the objects swapped) and with a random prompt of its
+category. Near misses are the hard negatives that make the proxy read counts, colours and relations.
+
+Labels are the ground-truth PARTIAL score (``slas_jax.rewards.shapes``) of each (image, prompt) pair. A random
+``validation_fraction`` of the images (with all their pairs) is held back; the metadata reports Pearson and
+Spearman correlations with the truth on it (overall and per source), and on an out-of-domain set built the
+same way on the HELD-OUT prompts. Everything is seeded by ``seed``: the same command on the same machine and
+software reproduces the parameters bit for bit (``params_sha256`` in the metadata).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import flags
+from ml_collections import config_flags
+from scipy import ndimage, stats
+from tqdm import tqdm
+
+from slas_jax.config import ConfigError, from_mapping
+from slas_jax.data.shapes import IMAGE_SIZE, MAX_TOKENS, VOCABULARY, PromptSpec, render, split_specs
+from slas_jax.pipelines.pretrained import load_base_model, params_hash, save_checkpoint
+from slas_jax.pretrain import generate_images, json_ready, software
+from slas_jax.rewards.proxy import build_proxy, proxy_scores
+from slas_jax.rewards.shapes import score_batch
+from slas_jax.train import USER_ERRORS, read_config_flag
+
+FLAGS = flags.FlagValues()
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a proxy config file with get_config().", flag_values=FLAGS
+)
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show tracebacks for errors.", flag_values=FLAGS)
+
+SCORE_CHUNK = 256
+
+
+def _require(ok: bool, name: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config.{name}: {message}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProxyConfig:
+    """The proxy's architecture, labelled sample and training.
+
+    architecture: {"text": CLIPTextConfig fields, "vision": CLIPVisionConfig fields, "projection_dim"};
+    model_seed: initialisation; renders / degraded_fraction / max_blur / max_noise / base_checkpoints /
+    base_samples: the training sample (module docstring); validation_fraction: images held back for the correlation report; ood_renders /
+    ood_base_samples: the out-of-domain report set on held-out prompts (base samples from the first base
+    checkpoint); steps, batch_size (pairs), learning_rate (AdamW peak after warmup_steps, cosine to 10%),
+    weight_decay; seed: sample, split and batch order; output_dir: the checkpoint folder (replaced).
+    """
+
+    architecture: Mapping[str, Any] = field(default_factory=dict)
+    model_seed: int = 0
+    renders: int = 1024
+    degraded_fraction: float = 0.5
+    max_blur: float = 1.0
+    max_noise: float = 0.08
+    base_checkpoints: tuple[str, ...] = ("checkpoints/shapes_flow",)
+    base_samples: tuple[int, ...] = (1024,)
+    validation_fraction: float = 0.2
+    ood_renders: int = 256
+    ood_base_samples: int = 256
+    steps: int = 1500
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 1e-4
+    seed: int = 0
+    output_dir: str = "checkpoints/shapes_proxy"
+    log_every: int = 100
+
+    def validate(self) -> None:
+        _require(
+            {"text", "vision", "projection_dim"} <= set(self.architecture),
+            "architecture",
+            "needs text, vision and projection_dim",
+        )
+        _require(
+            len(self.base_checkpoints) == len(self.base_samples),
+            "base_samples",
+            f"needs one count per base checkpoint ({len(self.base_checkpoints)})",
+        )
+        _require(self.renders >= 1, "renders", "must be >= 1")
+        _require(0 <= self.degraded_fraction <= 1, "degraded_fraction", "must be in [0, 1]")
+        _require(self.max_blur >= 0 and self.max_noise >= 0, "max_blur", "blur and noise must be >= 0")
+        _require(0 < self.validation_fraction < 1, "validation_fraction", "must be in (0, 1)")
+        _require(self.steps > self.warmup_steps >= 0, "warmup_steps", "must be in [0, steps)")
+        _require(self.batch_size >= 1 and self.learning_rate > 0, "batch_size", "batch and lr must be > 0")
+        _require(self.log_every >= 1, "log_every", "must be >= 1")
+
+
+def load_proxy_config(values: Any) -> ProxyConfig:
+    """ConfigDict / mapping -> validated ProxyConfig (unknown keys and bad values raise ConfigError)."""
+    config = from_mapping(ProxyConfig, values)
+    config = dataclasses.replace(
+        config, base_checkpoints=tuple(config.base_checkpoints), base_samples=tuple(config.base_samples)
+    )
+    config.validate()
+    return config
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The labelled sample
+
+
+@dataclass(frozen=True)
+class LabelledPairs:
+    """(image, prompt) pairs with their ground truth.
+
+    images: (n_images, h, w, 3) float32 in [0, 1]; image_index: (n,) int, the image of each pair; prompts: n
+    strings; source: (n,) str, where the image came from and whether the prompt is its own ("render",
+    "render/other", "<base>", "<base>/other"); partial, strict: (n,) float32 ground-truth scores.
+    """
+
+    images: np.ndarray
+    image_index: np.ndarray
+    prompts: list[str]
+    source: np.ndarray
+    partial: np.ndarray
+    strict: np.ndarray
+
+    def subset(self, keep: np.ndarray) -> LabelledPairs:
+        """The pairs where ``keep`` (n,) bool holds (images stay shared)."""
+        return LabelledPairs(
+            self.images,
+            self.image_index[keep],
+            [p for p, k in zip(self.prompts, keep, strict=True) if k],
+            self.source[keep],
+            self.partial[keep],
+            self.strict[keep],
+        )
+
+
+def other_prompt(spec: PromptSpec, specs: Sequence[PromptSpec], rng: np.random.Generator) -> PromptSpec:
+    """A random prompt of ``spec``'s category other than ``spec`` itself (itself when it is alone)."""
+    candidates = [s for s in specs if s.tag == spec.tag and s.prompt != spec.prompt] or [spec]
+    return candidates[int(rng.integers(len(candidates)))]
+
+
+def word_distance(a: str, b: str) -> int:
+    """Words that differ position by position (a length difference counts as that many words)."""
+    x, y = a.split(), b.split()
+    return sum(u != v for u, v in zip(x, y, strict=False)) + abs(len(x) - len(y))
+
+
+def near_miss(spec: PromptSpec, specs: Sequence[PromptSpec], rng: np.random.Generator) -> PromptSpec:
+    """A random prompt of ``spec``'s category among those closest to it in words ("two red circles" for
+    "three red circles", "left of" for "right of", swapped objects): the hard negatives that teach the proxy
+    counts, colours and relations rather than the category's look (itself when it is alone)."""
+    candidates = [s for s in specs if s.tag == spec.tag and s.prompt != spec.prompt]
+    if not candidates:
+        return spec
+    distances = np.asarray([word_distance(spec.prompt, s.prompt) for s in candidates])
+    closest = np.flatnonzero(distances == distances.min())
+    return candidates[int(closest[rng.integers(len(closest))])]
+
+
+def degrade(image: np.ndarray, rng: np.random.Generator, max_blur: float, max_noise: float) -> np.ndarray:
+    """image: (h, w, 3) float32 in [0, 1], blurred (Gaussian, sigma uniform in [0, max_blur]) and with
+    Gaussian pixel noise (std uniform in [0, max_noise]), clipped: renders that look more like samples."""
+    sigma = rng.uniform(0.0, max_blur)
+    blurred = ndimage.gaussian_filter(image, sigma=(sigma, sigma, 0.0)) if sigma > 0 else image
+    noisy = blurred + rng.normal(0.0, rng.uniform(0.0, max_noise), image.shape)
+    return np.clip(noisy, 0.0, 1.0).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Degradation:
+    """A ``fraction`` of the renders pass through :func:`degrade` with ``max_blur`` and ``max_noise``."""
+
+    fraction: float = 0.0
+    max_blur: float = 1.0
+    max_noise: float = 0.08
+
+
+PAIRINGS = ("", "/near", "/other")
+
+
+def labelled_pairs(
+    specs: Sequence[PromptSpec],
+    renders: int,
+    base: Sequence[tuple[str, int]],
+    seed: int,
+    degradation: Degradation = Degradation(),
+) -> LabelledPairs:
+    """Each image (``renders`` renders, a ``degradation.fraction`` of them degraded, then ``count`` samples
+    of each base checkpoint in ``base``, prompts drawn uniformly from ``specs``) paired with its own prompt
+    (source "<origin>"), a near miss (``"<origin>/near"``) and another prompt of its category
+    (``"<origin>/other"``), and scored by the ground truth."""
+    rng = np.random.default_rng(seed)
+    image_specs = [specs[i] for i in rng.integers(len(specs), size=renders)]
+    rendered = [render(s, rng) for s in image_specs]
+    degraded = rng.random(renders) < degradation.fraction
+    images = [
+        np.stack(
+            [
+                degrade(x, rng, degradation.max_blur, degradation.max_noise) if d else x
+                for x, d in zip(rendered, degraded, strict=True)
+            ]
+        )
+    ]
+    sources = ["render/degraded" if d else "render" for d in degraded]
+    for k, (folder, count) in enumerate(base):
+        chosen = [specs[i] for i in rng.integers(len(specs), size=count)]
+        config, bundle = load_base_model(folder)
+        images.append(
+            generate_images(
+                bundle,
+                config,
+                bundle.params,
+                bundle.frozen,
+                [s.prompt for s in chosen],
+                samples_per_prompt=1,
+                seed=seed * 1000 + k,
+                chunk=128,
+            )
+        )
+        image_specs += chosen
+        sources += [folder.rstrip("/").split("/")[-1]] * count
+    all_images = np.concatenate(images).astype(np.float32)
+    n = len(image_specs)
+    near = [near_miss(s, specs, rng) for s in image_specs]
+    others = [other_prompt(s, specs, rng) for s in image_specs]
+    pair_specs = [*image_specs, *near, *others]
+    image_index = np.tile(np.arange(n), len(PAIRINGS))
+    strict, partial = score_batch(all_images[image_index], pair_specs)
+    return LabelledPairs(
+        images=all_images,
+        image_index=image_index,
+        prompts=[s.prompt for s in pair_specs],
+        source=np.asarray([f"{s}{p}" for p in PAIRINGS for s in sources]),
+        partial=partial,
+        strict=strict,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training and evaluation
+
+
+def predict(graph: Any, params: Any, pairs: LabelledPairs, tokenize: Any) -> np.ndarray:
+    """Proxy scores (n,) float32 of every pair, SCORE_CHUNK pairs per jitted call (the last one padded)."""
+    score = jax.jit(lambda p, x, t: proxy_scores(graph, p, x, t))
+    tokens = tokenize(pairs.prompts)
+    out = []
+    for start in range(0, len(tokens), SCORE_CHUNK):
+        index = np.arange(start, start + SCORE_CHUNK) % len(tokens)
+        scores = score(params, pairs.images[pairs.image_index[index]], tokens[index])
+        out.append(np.asarray(scores)[: min(SCORE_CHUNK, len(tokens) - start)])
+    return np.concatenate(out)
+
+
+def correlations(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Pair count, mean prediction and mean truth, and (where both vary) Pearson and Spearman correlation
+    and mean absolute error."""
+    out = {
+        "pairs": len(pred),
+        "mean_prediction": round(float(np.mean(pred)), 4),
+        "mean_truth": round(float(np.mean(truth)), 4),
+        "mae": round(float(np.mean(np.abs(pred - truth))), 4),
+    }
+    if len(pred) >= 3 and np.std(truth) > 0 and np.std(pred) > 0:
+        out["pearson"] = round(float(stats.pearsonr(pred, truth)[0]), 4)
+        out["spearman"] = round(float(stats.spearmanr(pred, truth)[0]), 4)
+    return out
+
+
+def report(pred: np.ndarray, pairs: LabelledPairs) -> dict[str, Any]:
+    """Correlations with the partial truth overall and per source."""
+    out = {"all": correlations(pred, pairs.partial)}
+    for source in sorted(set(pairs.source.tolist())):
+        keep = pairs.source == source
+        out[source] = correlations(pred[keep], pairs.partial[keep])
+    return out
+
+
+def train(
+    config: ProxyConfig, pairs: LabelledPairs, *, progress: bool = True
+) -> tuple[Any, Any, Any, list[tuple[int, float]]]:
+    """Regresses the proxy onto ``pairs.partial`` (mean squared error); returns (graph, params, tokenizer,
+    loss readings)."""
+    graph, params, tokenizer = build_proxy(
+        config.architecture, VOCABULARY, MAX_TOKENS, IMAGE_SIZE, config.model_seed
+    )
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, config.learning_rate, config.warmup_steps, config.steps, end_value=config.learning_rate * 0.1
+    )
+    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=config.weight_decay))
+
+    def loss_fn(params, images, tokens, target):
+        return jnp.mean(jnp.square(proxy_scores(graph, params, images, tokens) - target))
+
+    def step_fn(params, opt_state, images, tokens, target):
+        loss, grads = jax.value_and_grad(loss_fn)(params, images, tokens, target)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    step = jax.jit(step_fn, donate_argnums=(0, 1))
+    opt_state = tx.init(params)
+    tokens = tokenizer(pairs.prompts)
+    n = len(tokens)
+    losses: list[tuple[int, float]] = []
+    bar = tqdm(range(config.steps), desc="proxy", unit="step", dynamic_ncols=True, disable=not progress)
+    for i in bar:
+        # Epoch-wise permutations seeded by (seed, epoch): batch i is the same whatever happened before.
+        positions = np.arange(i * config.batch_size, (i + 1) * config.batch_size)
+        index = np.empty(config.batch_size, np.int64)
+        for epoch in np.unique(positions // n):
+            chosen = positions // n == epoch
+            index[chosen] = np.random.default_rng([config.seed, int(epoch)]).permutation(n)[
+                positions[chosen] % n
+            ]
+        params, opt_state, loss = step(
+            params, opt_state, pairs.images[pairs.image_index[index]], tokens[index], pairs.partial[index]
+        )
+        if i % config.log_every == 0 or i == config.steps - 1:
+            losses.append((i, float(loss)))
+            bar.set_postfix(loss=f"{losses[-1][1]:.4f}")
+    return graph, jax.block_until_ready(params), tokenizer, losses
+
+
+def run(config: ProxyConfig, *, command: str = "", progress: bool = True) -> dict[str, Any]:
+    """Builds the labelled sample, trains, reports and writes the checkpoint; returns its metadata."""
+    started = time.perf_counter()
+    degradation = Degradation(config.degraded_fraction, config.max_blur, config.max_noise)
+    pairs = labelled_pairs(
+        split_specs("train"),
+        config.renders,
+        list(zip(config.base_checkpoints, config.base_samples, strict=True)),
+        config.seed,
+        degradation,
+    )
+    rng = np.random.default_rng([config.seed, 1])
+    held_back = rng.random(len(pairs.images)) < config.validation_fraction
+    validation = pairs.subset(held_back[pairs.image_index])
+    training = pairs.subset(~held_back[pairs.image_index])
+    ood_base = [(config.base_checkpoints[0], config.ood_base_samples)] if config.base_checkpoints else []
+    ood = labelled_pairs(split_specs("held_out"), config.ood_renders, ood_base, config.seed + 1, degradation)
+    data_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    graph, params, tokenizer, losses = train(config, training, progress=progress)
+    train_seconds = time.perf_counter() - started
+    metadata = {
+        "kind": "shapes_proxy",
+        "command": command,
+        "architecture": json_ready(config.architecture),
+        "vocabulary": list(VOCABULARY),
+        "max_length": MAX_TOKENS,
+        "image_size": IMAGE_SIZE,
+        "model_seed": config.model_seed,
+        "config": json_ready(config),
+        "num_params": int(sum(np.size(x) for x in jax.tree.leaves(params))),
+        "params_sha256": params_hash({"proxy": params}),
+        "sample": {
+            "training_pairs": len(training.prompts),
+            "validation_pairs": len(validation.prompts),
+            "label_mean": round(float(training.partial.mean()), 4),
+            "label_strict_mean": round(float(training.strict.mean()), 4),
+        },
+        "eval": {
+            "training": report(predict(graph, params, training, tokenizer), training),
+            "validation": report(predict(graph, params, validation, tokenizer), validation),
+            "held_out_prompts": report(predict(graph, params, ood, tokenizer), ood),
+        },
+        "loss": [[s, round(v, 5)] for s, v in losses],
+        "seconds": {"data": round(data_seconds, 1), "train": round(train_seconds, 1)},
+        "software": software(),
+    }
+    save_checkpoint(config.output_dir, {"proxy": params}, metadata)
+    return metadata
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    verbose = "--verbose" in argv or "--verbose=true" in argv
+    try:
+        config = load_proxy_config(read_config_flag(argv, FLAGS, _CONFIG, "configs/shapes_proxy.py"))
+        metadata = run(config, command=" ".join(["python -m slas_jax.train_proxy", *argv[1:]]))
+    except USER_ERRORS as e:
+        if verbose:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    val = metadata["eval"]["validation"]["all"]
+    ood = metadata["eval"]["held_out_prompts"]["all"]
+    print(
+        f"done: validation pearson {val.get('pearson', float('nan')):.3f} spearman "
+        f"{val.get('spearman', float('nan')):.3f}; held-out prompts pearson {ood.get('pearson', float('nan')):.3f}; "
+        f"params sha256 {metadata['params_sha256'][:16]}; saved to {config.output_dir}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

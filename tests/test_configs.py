@@ -1,0 +1,55 @@
+"""The shipped config files: every one loads into a valid Config, and the shapes demo's variants select what
+they name."""
+
+import runpy
+from pathlib import Path
+
+import pytest
+
+from slas_jax.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_CONFIGS = ["brightness_cpu.py", "sd_tpu.py", "flux_tpu.py", "shapes_cpu.py"]
+
+
+def get_config(name: str, *args: str):
+    return runpy.run_path(str(ROOT / "configs" / name))["get_config"](*args)
+
+
+@pytest.mark.parametrize("name", RUN_CONFIGS)
+def test_run_configs_validate(name):
+    load_config(get_config(name))
+
+
+def test_shapes_demo_defaults_to_slas_on_the_flow_base_against_the_proxy():
+    config = load_config(get_config("shapes_cpu.py"))
+    assert config.model.family == "flux" and config.model.init_checkpoint == "checkpoints/shapes_flow"
+    assert config.reward.name == "proxy" and config.advantage.method == "slas"
+    assert config.eval.scorer == "shapes" and set(config.eval.sets) == {"train", "held_out"}
+    assert config.train.output_dir == "runs/shapes_cpu"
+
+
+@pytest.mark.parametrize(
+    ("variant", "family", "reward", "method"),
+    [
+        ("unet", "unet", "proxy", "slas"),
+        ("truth,dance_grpo", "flux", "shapes", "dance_grpo"),
+        ("mean_only, unet, truth", "unet", "shapes", "mean_only"),
+        ("flow_grpo", "flux", "proxy", "flow_grpo"),
+    ],
+)
+def test_shapes_variants_select_backbone_reward_and_method(variant, family, reward, method):
+    config = load_config(get_config("shapes_cpu.py", variant))
+    assert (config.model.family, config.reward.name, config.advantage.method) == (family, reward, method)
+    # The RL sampler is the one the base model was pretrained and evaluated with.
+    kind = "flow" if family == "flux" else "unet"
+    pretrain = get_config(f"shapes_pretrain_{kind}.py")
+    assert config.sampler.name == pretrain.sampler.name
+    assert config.sampler.num_steps == pretrain.sampler.num_steps
+    assert config.model.init_checkpoint == f"checkpoints/shapes_{kind}"
+    assert config.train.output_dir.startswith("runs/shapes_")
+
+
+def test_unknown_shapes_variant_names_the_choices():
+    with pytest.raises(ValueError, match="unknown shapes_cpu variant 'fluxx'"):
+        get_config("shapes_cpu.py", "fluxx")

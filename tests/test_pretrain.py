@@ -1,0 +1,162 @@
+"""Pretraining of the shapes base models: tiny smoke runs write checkpoints that restore exactly, regeneration
+is bit for bit, the shipped checkpoints load into the bundles their configs build, and bad inputs fail with one
+line naming the fix."""
+
+import dataclasses
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from slas_jax import pretrain
+from slas_jax.models.convert import ConversionError
+from slas_jax.pipelines import build_pipeline
+from slas_jax.pipelines.pretrained import load_base_model, params_hash, read_metadata, restore_pretrained
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXT = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 1}
+TINY = {
+    "flux": (
+        {
+            "num_layers": 1,
+            "num_single_layers": 1,
+            "attention_head_dim": 16,
+            "num_attention_heads": 1,
+            "axes_dims_rope": (4, 6, 6),
+        },
+        {"name": "flow_sde", "num_steps": 2, "noise_level": 0.7, "shift": 3.0},
+        (r"^proj_out\.",),
+    ),
+    "unet": (
+        {
+            "block_out_channels": (8, 16),
+            "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+            "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+            "layers_per_block": 1,
+            "num_attention_heads": 1,
+            "norm_num_groups": 4,
+        },
+        {"name": "ddim", "num_steps": 2},
+        (r"^conv_out\.",),
+    ),
+}
+
+
+def tiny_configs(family: str, output_dir: Path):
+    architecture, sampler, zero = TINY[family]
+    return pretrain.load_pretrain_config(
+        {
+            "model": {
+                "family": family,
+                "resolution": 32,
+                "architecture": architecture,
+                "text_architecture": TEXT,
+            },
+            "sampler": sampler,
+            "pretrain": {
+                "steps": 2,
+                "batch_size": 4,
+                "warmup_steps": 1,
+                "zero_init": zero,
+                "output_dir": str(output_dir),
+                "eval_samples_per_prompt": 1,
+                "eval_prompts": 3,
+                "eval_chunk": 4,
+            },
+        }
+    )
+
+
+def restored_hash(config, folder: Path) -> str:
+    model = dataclasses.replace(config.model, init_checkpoint=str(folder))
+    bundle = build_pipeline(dataclasses.replace(config, model=model), read_metadata(folder, "")["vocabulary"])
+    return params_hash({"backbone": bundle.params, "text": bundle.frozen["text"]})
+
+
+@pytest.fixture(scope="module", params=["flux", "unet"])
+def smoke_run(request, tmp_path_factory):
+    """A two-step pretraining run of a tiny model of each family: (config, pretrain config, metadata)."""
+    config, pc = tiny_configs(request.param, tmp_path_factory.mktemp(request.param) / "ckpt")
+    return config, pc, pretrain.run(config, pc, progress=False)
+
+
+def test_smoke_run_checkpoint_restores_identically(smoke_run):
+    config, pc, metadata = smoke_run
+    assert set(metadata["eval"]) == {"train", "held_out"}
+    for split in metadata["eval"].values():
+        assert split["images"] == 3 and 0.0 <= split["strict"] <= split["partial"] <= 1.0
+    assert metadata["model"] == pretrain.json_ready(config.model)
+    random_bundle = build_pipeline(config, metadata["vocabulary"])
+    random_hash = params_hash({"backbone": random_bundle.params, "text": random_bundle.frozen["text"]})
+    assert restored_hash(config, Path(pc.output_dir)) == metadata["params_sha256"] != random_hash
+
+
+def test_regeneration_is_bit_for_bit(smoke_run, tmp_path):
+    config, pc, metadata = smoke_run
+    again = pretrain.run(config, dataclasses.replace(pc, output_dir=str(tmp_path)), progress=False)
+    assert again["params_sha256"] == metadata["params_sha256"]
+    assert again["eval"] == metadata["eval"]
+
+
+def test_other_seed_gives_other_weights(smoke_run, tmp_path):
+    config, pc, metadata = smoke_run
+    if config.model.family != "flux":
+        pytest.skip("one family suffices")
+    other = pretrain.run(config, dataclasses.replace(pc, seed=1, output_dir=str(tmp_path)), progress=False)
+    assert other["params_sha256"] != metadata["params_sha256"]
+
+
+def test_architecture_mismatch_and_missing_folder_name_the_regenerate_command(smoke_run, tmp_path):
+    config, pc, _ = smoke_run
+    wider = dict(config.model.text_architecture, hidden_size=32, intermediate_size=64)
+    other = dataclasses.replace(config, model=dataclasses.replace(config.model, text_architecture=wider))
+    bundle = build_pipeline(other, read_metadata(pc.output_dir, "")["vocabulary"])
+    kind = "flow" if config.model.family == "flux" else "unet"
+    with pytest.raises(ConversionError, match=f"does not fit.*shapes_pretrain_{kind}.py"):
+        restore_pretrained(bundle, pc.output_dir)
+    with pytest.raises(FileNotFoundError, match=f"is missing.*shapes_pretrain_{kind}.py"):
+        restore_pretrained(bundle, tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("name", ["flow", "unet"])
+def test_shipped_checkpoints_load_into_their_configs(name):
+    folder = ROOT / "checkpoints" / f"shapes_{name}"
+    config, pc = pretrain.load_pretrain_config(
+        runpy.run_path(str(ROOT / "configs" / f"shapes_pretrain_{name}.py"))["get_config"]()
+    )
+    metadata = read_metadata(folder, "")
+    assert metadata["model"] == pretrain.json_ready(config.model)
+    assert metadata["pretrain"] == pretrain.json_ready(pc)
+    assert restored_hash(config, folder) == metadata["params_sha256"]
+    # The base model is imperfect on purpose, but not useless.
+    assert 0.05 < metadata["eval"]["train"]["strict"] < 0.8
+    recorded_config, _ = load_base_model(folder)
+    assert recorded_config.sampler == config.sampler
+
+
+def test_zero_init_pattern_that_matches_nothing_is_refused(tmp_path):
+    config, pc = tiny_configs("flux", tmp_path)
+    with pytest.raises(Exception, match=r"config.pretrain.zero_init: 'nope' matches no backbone parameter"):
+        pretrain.train(config, dataclasses.replace(pc, zero_init=("nope",)), progress=False)
+
+
+def test_cli_bad_value_fails_with_one_line():
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "slas_jax.pretrain",
+            "--config",
+            str(ROOT / "configs" / "shapes_pretrain_flow.py"),
+            "--config.pretrain.steps=0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert lines == ["error: config.pretrain.steps: must be >= 1, got 0"], out.stderr[-2000:]
