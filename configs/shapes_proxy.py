@@ -1,7 +1,8 @@
 """The shapes testbed's learned proxy reward ("proxy", the testbed's HPS): a tiny CLIP (ViT on 4x4-pixel
 patches + word-level text tower, width 64) whose scaled cosine plus bias regresses the ground-truth partial
 score on a limited labelled sample of the training prompts (renders, half of them blurred and noised, and
-base-model samples; each image with its own prompt, a near miss and another prompt of its category). Needs checkpoints/shapes_flow (and _unet) to exist.
+base-model samples; each image with its own prompt, a near miss and another prompt of its category).
+Needs checkpoints/shapes_flow and checkpoints/shapes_unet to exist.
 
 Regenerate the shipped checkpoint (bit for bit on the same machine and software; compare ``params_sha256`` in
 checkpoints/shapes_proxy/metadata.json):

@@ -21,7 +21,8 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown or invalid; the message names the field."""
 
 
-def _require(ok: bool, name: str, message: str) -> None:
+def require(ok: bool, name: str, message: str) -> None:
+    """Raises ConfigError("config.<name>: <message>") unless ``ok``."""
     if not ok:
         raise ConfigError(f"config.{name}: {message}")
 
@@ -49,12 +50,12 @@ class ModelConfig:
     init_checkpoint: str | None = None
 
     def validate(self, name: str) -> None:
-        _require(
+        require(
             not (self.checkpoint and self.init_checkpoint),
             f"{name}.init_checkpoint",
             "applies to randomly initialised models only; unset it or model.checkpoint",
         )
-        _require(self.resolution >= 8, f"{name}.resolution", f"must be >= 8, got {self.resolution}")
+        require(self.resolution >= 8, f"{name}.resolution", f"must be >= 8, got {self.resolution}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,10 +84,10 @@ class SamplerConfig:
     decode: Literal["sample", "prediction"] = "sample"
 
     def validate(self, name: str) -> None:
-        _require(self.num_steps >= 2, f"{name}.num_steps", f"must be >= 2, got {self.num_steps}")
-        _require(self.noise_level > 0, f"{name}.noise_level", "must be > 0 for a stochastic policy")
-        _require(self.shift > 0, f"{name}.shift", f"must be > 0, got {self.shift}")
-        _require(self.guidance_scale >= 1, f"{name}.guidance_scale", "must be >= 1 (1 disables CFG)")
+        require(self.num_steps >= 2, f"{name}.num_steps", f"must be >= 2, got {self.num_steps}")
+        require(self.noise_level > 0, f"{name}.noise_level", "must be > 0 for a stochastic policy")
+        require(self.shift > 0, f"{name}.shift", f"must be > 0, got {self.shift}")
+        require(self.guidance_scale >= 1, f"{name}.guidance_scale", "must be >= 1 (1 disables CFG)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,14 +101,14 @@ class AdvantageConfig:
     slas_normalize: Literal["after", "before"] = "after"
 
     def validate(self, name: str) -> None:
-        _require(
+        require(
             self.method in ADVANTAGE_METHODS,
             f"{name}.method",
             f"unknown method {self.method!r}; choose one of {', '.join(sorted(ADVANTAGE_METHODS))}",
         )
-        _require(self.gamma >= 0, f"{name}.gamma", f"must be >= 0, got {self.gamma}")
-        _require(self.eps > 0, f"{name}.eps", f"must be > 0, got {self.eps}")
-        _require(
+        require(self.gamma >= 0, f"{name}.gamma", f"must be >= 0, got {self.gamma}")
+        require(self.eps > 0, f"{name}.eps", f"must be > 0, got {self.eps}")
+        require(
             self.adv_clip is None or self.adv_clip > 0,
             f"{name}.adv_clip",
             "must be > 0 or None (no clipping)",
@@ -129,10 +130,10 @@ class LossConfig:
     exclude_last_steps: int = 0
 
     def validate(self, name: str) -> None:
-        _require(self.clip_range > 0, f"{name}.clip_range", f"must be > 0, got {self.clip_range}")
-        _require(self.kl_beta >= 0, f"{name}.kl_beta", f"must be >= 0, got {self.kl_beta}")
-        _require(0 < self.timestep_fraction <= 1, f"{name}.timestep_fraction", "must be in (0, 1]")
-        _require(self.exclude_last_steps >= 0, f"{name}.exclude_last_steps", "must be >= 0")
+        require(self.clip_range > 0, f"{name}.clip_range", f"must be > 0, got {self.clip_range}")
+        require(self.kl_beta >= 0, f"{name}.kl_beta", f"must be >= 0, got {self.kl_beta}")
+        require(0 < self.timestep_fraction <= 1, f"{name}.timestep_fraction", "must be in (0, 1]")
+        require(self.exclude_last_steps >= 0, f"{name}.exclude_last_steps", "must be >= 0")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -147,9 +148,9 @@ class OptimConfig:
     grad_clip: float = 1.0
 
     def validate(self, name: str) -> None:
-        _require(self.learning_rate > 0, f"{name}.learning_rate", "must be > 0")
-        _require(self.weight_decay >= 0, f"{name}.weight_decay", "must be >= 0")
-        _require(self.grad_clip > 0, f"{name}.grad_clip", "must be > 0")
+        require(self.learning_rate > 0, f"{name}.learning_rate", "must be > 0")
+        require(self.weight_decay >= 0, f"{name}.weight_decay", "must be >= 0")
+        require(self.grad_clip > 0, f"{name}.grad_clip", "must be > 0")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -170,18 +171,18 @@ class TrainConfig:
     output_dir: str = "runs/default"
 
     def validate(self, name: str) -> None:
-        _require(self.num_steps >= 1, f"{name}.num_steps", "must be >= 1")
-        _require(self.prompts_per_step >= 1, f"{name}.prompts_per_step", "must be >= 1")
-        _require(
+        require(self.num_steps >= 1, f"{name}.num_steps", "must be >= 1")
+        require(self.prompts_per_step >= 1, f"{name}.prompts_per_step", "must be >= 1")
+        require(
             self.group_size >= 2,
             f"{name}.group_size",
             f"must be >= 2 (group-relative advantages need at least two samples per prompt), got {self.group_size}",
         )
-        _require(self.micro_batch_size >= 1, f"{name}.micro_batch_size", "must be >= 1")
-        _require(self.grad_accum_steps >= 1, f"{name}.grad_accum_steps", "must be >= 1")
+        require(self.micro_batch_size >= 1, f"{name}.micro_batch_size", "must be >= 1")
+        require(self.grad_accum_steps >= 1, f"{name}.grad_accum_steps", "must be >= 1")
         samples = self.prompts_per_step * self.group_size
         per_update = self.micro_batch_size * self.grad_accum_steps
-        _require(
+        require(
             samples % per_update == 0,
             f"{name}.micro_batch_size",
             f"micro_batch_size x grad_accum_steps = {per_update} must divide prompts_per_step x group_size "
@@ -198,8 +199,8 @@ class MeshConfig:
     tensor: int = 1
 
     def validate(self, name: str) -> None:
-        _require(self.data == -1 or self.data >= 1, f"{name}.data", "must be >= 1 or -1 (all devices)")
-        _require(self.fsdp >= 1 and self.tensor >= 1, f"{name}", "fsdp and tensor must be >= 1")
+        require(self.data == -1 or self.data >= 1, f"{name}.data", "must be >= 1 or -1 (all devices)")
+        require(self.fsdp >= 1 and self.tensor >= 1, f"{name}", "fsdp and tensor must be >= 1")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -212,7 +213,7 @@ class RewardConfig:
     def validate(self, name: str) -> None:
         from slas_jax.rewards import REWARDS
 
-        _require(
+        require(
             self.name in REWARDS,
             f"{name}.name",
             f"unknown reward {self.name!r}; choose one of {', '.join(sorted(REWARDS))}",
@@ -249,14 +250,14 @@ class EvalConfig:
     seed: int = 1234
 
     def validate(self, name: str) -> None:
-        _require(self.every >= 1, f"{name}.every", "must be >= 1")
-        _require(
+        require(self.every >= 1, f"{name}.every", "must be >= 1")
+        require(
             self.num_prompts >= 1 and self.samples_per_prompt >= 1,
             name,
             "num_prompts and samples_per_prompt must be >= 1",
         )
         for set_name, source in self.sets.items():
-            _require(
+            require(
                 isinstance(source, Mapping) and "name" in source,
                 f"{name}.sets.{set_name}",
                 "needs a source name",
@@ -281,14 +282,14 @@ class Config:
     def validate(self, name: str = "") -> None:
         for f in dataclasses.fields(self):
             getattr(self, f.name).validate(f.name)
-        _require(
+        require(
             self.loss.exclude_last_steps < self.sampler.num_steps,
             "loss.exclude_last_steps",
             f"must be < sampler.num_steps = {self.sampler.num_steps}",
         )
         flow_model = self.model.family == "flux"
         flow_sampler = self.sampler.name in ("flow_sde", "dance_flow")
-        _require(
+        require(
             flow_model == flow_sampler,
             "sampler.name",
             f"{self.sampler.name!r} does not fit model.family={self.model.family!r}; use ddim with unet, "
@@ -305,28 +306,28 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], name)
     if origin is Literal:
-        _require(value in args, name, f"must be one of {', '.join(map(repr, args))}, got {value!r}")
+        require(value in args, name, f"must be one of {', '.join(map(repr, args))}, got {value!r}")
         return value
     if annotation is float:
-        _require(
+        require(
             isinstance(value, int | float) and not isinstance(value, bool),
             name,
             f"must be a number, got {value!r}",
         )
         return float(value)
     if annotation is int:
-        _require(
+        require(
             isinstance(value, int) and not isinstance(value, bool), name, f"must be an integer, got {value!r}"
         )
         return value
     if annotation is bool:
-        _require(isinstance(value, bool), name, f"must be true or false, got {value!r}")
+        require(isinstance(value, bool), name, f"must be true or false, got {value!r}")
         return value
     if annotation is str:
-        _require(isinstance(value, str), name, f"must be a string, got {value!r}")
+        require(isinstance(value, str), name, f"must be a string, got {value!r}")
         return value
     if origin is not None and issubclass(origin, Mapping):
-        _require(isinstance(value, Mapping), name, f"must be a mapping, got {value!r}")
+        require(isinstance(value, Mapping), name, f"must be a mapping, got {value!r}")
         return types.MappingProxyType(dict(value))
     if dataclasses.is_dataclass(annotation):
         return from_mapping(annotation, value, name)
@@ -340,7 +341,7 @@ def from_mapping(cls: type, values: Any, prefix: str = "") -> Any:
     """
     if hasattr(values, "to_dict"):
         values = values.to_dict()
-    _require(isinstance(values, Mapping), prefix or "config", f"must be a section (mapping), got {values!r}")
+    require(isinstance(values, Mapping), prefix or "config", f"must be a section (mapping), got {values!r}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     for key in values:

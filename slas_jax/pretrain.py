@@ -43,7 +43,7 @@ from absl import flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from slas_jax.config import Config, ConfigError, from_mapping, load_config
+from slas_jax.config import Config, ConfigError, from_mapping, load_config, require
 from slas_jax.data.shapes import TAGS, VOCABULARY, PromptSpec, render, split_specs
 from slas_jax.grpo import make_generate
 from slas_jax.pipelines import PipelineBundle, build_pipeline
@@ -60,8 +60,7 @@ _VERBOSE = flags.DEFINE_bool("verbose", False, "Show tracebacks for errors.", fl
 
 
 def _require(ok: bool, name: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"config.pretrain.{name}: {message}")
+    require(ok, f"pretrain.{name}", message)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -231,13 +230,32 @@ def zero_init(params: Any, patterns: Sequence[str]) -> Any:
     return out
 
 
-def make_optimizer(pc: PretrainConfig) -> optax.GradientTransformation:
-    """AdamW with linear warmup and cosine decay, behind global-norm clipping."""
+def warmup_cosine_adamw(
+    learning_rate: float,
+    warmup_steps: int,
+    steps: int,
+    *,
+    final_lr_fraction: float,
+    grad_clip: float,
+    weight_decay: float,
+) -> optax.GradientTransformation:
+    """AdamW with linear warmup to ``learning_rate`` and cosine decay to ``final_lr_fraction`` of it at
+    ``steps``, behind global-norm clipping at ``grad_clip``."""
     schedule = optax.warmup_cosine_decay_schedule(
-        0.0, pc.learning_rate, pc.warmup_steps, pc.steps, end_value=pc.learning_rate * pc.final_lr_fraction
+        0.0, learning_rate, warmup_steps, steps, end_value=learning_rate * final_lr_fraction
     )
-    return optax.chain(
-        optax.clip_by_global_norm(pc.grad_clip), optax.adamw(schedule, weight_decay=pc.weight_decay)
+    return optax.chain(optax.clip_by_global_norm(grad_clip), optax.adamw(schedule, weight_decay=weight_decay))
+
+
+def make_optimizer(pc: PretrainConfig) -> optax.GradientTransformation:
+    """The pretraining optimizer of ``pc``."""
+    return warmup_cosine_adamw(
+        pc.learning_rate,
+        pc.warmup_steps,
+        pc.steps,
+        final_lr_fraction=pc.final_lr_fraction,
+        grad_clip=pc.grad_clip,
+        weight_decay=pc.weight_decay,
     )
 
 

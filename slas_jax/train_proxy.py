@@ -37,10 +37,10 @@ from ml_collections import config_flags
 from scipy import ndimage, stats
 from tqdm import tqdm
 
-from slas_jax.config import ConfigError, from_mapping
+from slas_jax.config import from_mapping, require
 from slas_jax.data.shapes import IMAGE_SIZE, MAX_TOKENS, VOCABULARY, PromptSpec, render, split_specs
 from slas_jax.pipelines.pretrained import load_base_model, params_hash, save_checkpoint
-from slas_jax.pretrain import generate_images, json_ready, software
+from slas_jax.pretrain import generate_images, json_ready, software, warmup_cosine_adamw
 from slas_jax.rewards.proxy import build_proxy, proxy_scores
 from slas_jax.rewards.shapes import score_batch
 from slas_jax.train import USER_ERRORS, read_config_flag
@@ -54,19 +54,14 @@ _VERBOSE = flags.DEFINE_bool("verbose", False, "Show tracebacks for errors.", fl
 SCORE_CHUNK = 256
 
 
-def _require(ok: bool, name: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"config.{name}: {message}")
-
-
 @dataclass(frozen=True, kw_only=True)
 class ProxyConfig:
     """The proxy's architecture, labelled sample and training.
 
     architecture: {"text": CLIPTextConfig fields, "vision": CLIPVisionConfig fields, "projection_dim"};
     model_seed: initialisation; renders / degraded_fraction / max_blur / max_noise / base_checkpoints /
-    base_samples: the training sample (module docstring); validation_fraction: images held back for the correlation report; ood_renders /
-    ood_base_samples: the out-of-domain report set on held-out prompts (base samples from the first base
+    base_samples: the training sample (module docstring); validation_fraction: images held back for the
+    correlation report; ood_renders / ood_base_samples: the out-of-domain report set on held-out prompts (base samples from the first base
     checkpoint); steps, batch_size (pairs), learning_rate (AdamW peak after warmup_steps, cosine to 10%),
     weight_decay; seed: sample, split and batch order; output_dir: the checkpoint folder (replaced).
     """
@@ -92,23 +87,23 @@ class ProxyConfig:
     log_every: int = 100
 
     def validate(self) -> None:
-        _require(
+        require(
             {"text", "vision", "projection_dim"} <= set(self.architecture),
             "architecture",
             "needs text, vision and projection_dim",
         )
-        _require(
+        require(
             len(self.base_checkpoints) == len(self.base_samples),
             "base_samples",
             f"needs one count per base checkpoint ({len(self.base_checkpoints)})",
         )
-        _require(self.renders >= 1, "renders", "must be >= 1")
-        _require(0 <= self.degraded_fraction <= 1, "degraded_fraction", "must be in [0, 1]")
-        _require(self.max_blur >= 0 and self.max_noise >= 0, "max_blur", "blur and noise must be >= 0")
-        _require(0 < self.validation_fraction < 1, "validation_fraction", "must be in (0, 1)")
-        _require(self.steps > self.warmup_steps >= 0, "warmup_steps", "must be in [0, steps)")
-        _require(self.batch_size >= 1 and self.learning_rate > 0, "batch_size", "batch and lr must be > 0")
-        _require(self.log_every >= 1, "log_every", "must be >= 1")
+        require(self.renders >= 1, "renders", "must be >= 1")
+        require(0 <= self.degraded_fraction <= 1, "degraded_fraction", "must be in [0, 1]")
+        require(self.max_blur >= 0 and self.max_noise >= 0, "max_blur", "blur and noise must be >= 0")
+        require(0 < self.validation_fraction < 1, "validation_fraction", "must be in (0, 1)")
+        require(self.steps > self.warmup_steps >= 0, "warmup_steps", "must be in [0, steps)")
+        require(self.batch_size >= 1 and self.learning_rate > 0, "batch_size", "batch and lr must be > 0")
+        require(self.log_every >= 1, "log_every", "must be >= 1")
 
 
 def load_proxy_config(values: Any) -> ProxyConfig:
@@ -304,10 +299,14 @@ def train(
     graph, params, tokenizer = build_proxy(
         config.architecture, VOCABULARY, MAX_TOKENS, IMAGE_SIZE, config.model_seed
     )
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, config.learning_rate, config.warmup_steps, config.steps, end_value=config.learning_rate * 0.1
+    tx = warmup_cosine_adamw(
+        config.learning_rate,
+        config.warmup_steps,
+        config.steps,
+        final_lr_fraction=0.1,
+        grad_clip=1.0,
+        weight_decay=config.weight_decay,
     )
-    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=config.weight_decay))
 
     def loss_fn(params, images, tokens, target):
         return jnp.mean(jnp.square(proxy_scores(graph, params, images, tokens) - target))
