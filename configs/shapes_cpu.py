@@ -69,6 +69,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.advantage.method = chosen["method"]
     c.loss.clip_range = 0.05
     c.loss.timestep_fraction = 0.5
+    # The flow base decodes its last clean estimate, which the last transition never reaches.
+    c.loss.exclude_last_steps = 1
     c.optim.learning_rate = 1e-4
     c.train.num_steps = 30
     c.train.prompts_per_step = 8

@@ -121,7 +121,9 @@ class LossConfig:
 
     clip_range: PPO ratio clip (DanceGRPO 1e-4); kl_beta: weight of the Flow-GRPO KL term (0 disables it and
     keeps no reference copy); timestep_fraction: fraction of the trainable steps each sample trains on;
-    exclude_last_steps: final transitions never trained (DanceGRPO SD trains all but the last).
+    exclude_last_steps: final transitions never trained (DanceGRPO SD trains all but the last); at least 1
+    when the sampler decodes its last clean estimate (``sampler.decode = "prediction"``), which the last
+    transition never reaches (checked by ``grpo.make_train_step``).
     """
 
     clip_range: float = 1e-4

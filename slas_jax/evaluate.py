@@ -98,25 +98,25 @@ class Evaluator:
         )
         return np.asarray(images)
 
-    def evaluate(self, params: Any, frozen: Any) -> dict[str, float]:
-        """Mean scores per fixed set, e.g. ``held_out/strict``."""
-        out = {}
+    def evaluate(self, params: Any, frozen: Any) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """Mean scores per fixed set, e.g. ``held_out/strict``, and the images scored, by set name."""
+        scores_out, images_out = {}, {}
         for eval_set in self.sets:
             images = self.sample(params, frozen, eval_set)
             scores = self.scorer(images, repeat_rows(eval_set.arrays, self.config.samples_per_prompt))
-            out.update({f"{eval_set.name}/{k}": float(np.mean(v)) for k, v in scores.items()})
-        return out
+            scores_out.update({f"{eval_set.name}/{k}": float(np.mean(v)) for k, v in scores.items()})
+            images_out[eval_set.name] = images
+        return scores_out, images_out
 
-    def grid(self, params: Any, frozen: Any, path: str | Path, title: str) -> None:
-        """A PNG grid: one row per fixed set, ``grid_prompts`` prompts x their samples, captioned."""
+    def grid(self, images: Mapping[str, np.ndarray], path: str | Path, title: str) -> None:
+        """A PNG grid of ``evaluate``'s images: one row per fixed set, its first ``grid_prompts`` prompts x
+        their samples, captioned."""
         rows = []
+        spp = self.config.samples_per_prompt
         for eval_set in self.sets:
-            images = self.sample(params, frozen, eval_set)
             n = min(self.config.grid_prompts, len(eval_set.prompts))
-            spp = self.config.samples_per_prompt
-            rows.append(
-                (eval_set.name, eval_set.prompts[:n], images[: n * spp].reshape(n, spp, *images.shape[1:]))
-            )
+            shown = images[eval_set.name][: n * spp]
+            rows.append((eval_set.name, eval_set.prompts[:n], shown.reshape(n, spp, *shown.shape[1:])))
         save_grid(rows, path, title)
 
 

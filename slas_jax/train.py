@@ -153,14 +153,11 @@ def run(config: Config) -> list[dict[str, float]]:
     if checkpointer is not None and checkpointer.latest_step() is not None:
         state, _ = checkpointer.restore(state, shardings)
         tqdm.write(f"resumed from step {int(state.step)} in {out_dir}/checkpoints")
-    before = {}
+    before, eval_images = {}, {}
     if evaluator is not None:
-        before = evaluator.evaluate(state.params, state.frozen)
+        before, eval_images = evaluator.evaluate(state.params, state.frozen)
         evaluator.grid(
-            state.params,
-            state.frozen,
-            out_dir / "samples_before.png",
-            f"before training (step {int(state.step)})",
+            eval_images, out_dir / "samples_before.png", f"before training (step {int(state.step)})"
         )
     base_key = jax.random.PRNGKey(tc.seed)
     history = []
@@ -181,8 +178,9 @@ def run(config: Config) -> list[dict[str, float]]:
         last = step == tc.num_steps - 1
         if evaluator is not None:
             record.update(evaluator.score_rollout(np.asarray(images), batch, tc.group_size))
-            if (step + 1) % config.eval.every == 0 or last:
-                record.update(evaluator.evaluate(state.params, state.frozen))
+            if (step + 1) % config.eval.every == 0 or last or stop.raised:
+                scores, eval_images = evaluator.evaluate(state.params, state.frozen)
+                record.update(scores)
         record["step_time_s"] = time.perf_counter() - start
         history.append(record)
         if step % tc.log_every == 0 or last:
@@ -197,10 +195,10 @@ def run(config: Config) -> list[dict[str, float]]:
             tqdm.write(f"stopped by signal after step {step + 1}; rerun the same command to resume")
             break
     if evaluator is not None and history:
+        # The last step (or the step a signal stopped at) was evaluated: its images are the final state's.
         after = {k: v for k, v in history[-1].items() if "/" in k and not k.startswith("truth/")}
         evaluator.grid(
-            state.params,
-            state.frozen,
+            eval_images,
             out_dir / "samples_after.png",
             f"after {int(state.step)} GRPO steps ({config.advantage.method})",
         )

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from slas_jax.config import load_config
+from slas_jax.config import ConfigError, load_config
+from slas_jax.grpo import make_train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_CONFIGS = ["brightness_cpu.py", "sd_tpu.py", "flux_tpu.py", "shapes_cpu.py"]
@@ -53,3 +54,14 @@ def test_shapes_variants_select_backbone_reward_and_method(variant, family, rewa
 def test_unknown_shapes_variant_names_the_choices():
     with pytest.raises(ValueError, match="unknown shapes_cpu variant 'fluxx'"):
         get_config("shapes_cpu.py", "fluxx")
+
+
+def test_decoding_the_last_clean_estimate_requires_the_last_transition_untrained():
+    for name in ("flux_tpu.py", "shapes_cpu.py"):
+        config = load_config(get_config(name))
+        assert config.sampler.decode == "prediction" and config.loss.exclude_last_steps >= 1, name
+    config = get_config("shapes_cpu.py")
+    config.loss.exclude_last_steps = 0
+    config = load_config(config)
+    with pytest.raises(ConfigError, match=r"loss\.exclude_last_steps: must be >= 1 with sampler\.decode"):
+        make_train_step(None, None, None, config)
