@@ -2,7 +2,9 @@
 patches + word-level text tower, width 64) whose scaled cosine plus bias regresses the ground-truth partial
 score on a limited labelled sample of the training prompts (renders, half of them blurred and noised, and
 base-model samples; each image with its own prompt, a near miss and another prompt of its category).
-Needs checkpoints/shapes_flow and checkpoints/shapes_unet to exist.
+Needs checkpoints/shapes_flow and checkpoints/shapes_unet to exist. Most model samples come from the flow
+base, the demo's policy: RL ranks the policy's own samples, and HPS is likewise trained on generated images
+(with 1,536 flow samples the proxy's Pearson on held-back flow samples was 0.18; with 8,192 it is 0.32).
 
 Regenerate the shipped checkpoint (bit for bit on the same machine and software; compare ``params_sha256`` in
 checkpoints/shapes_proxy/metadata.json):
@@ -35,12 +37,12 @@ def get_config() -> ml_collections.ConfigDict:
                 "projection_dim": 64,
             },
             "model_seed": 0,
-            "renders": 24576,
+            "renders": 12288,
             "degraded_fraction": 0.5,
             "max_blur": 1.5,
             "max_noise": 0.08,
             "base_checkpoints": ("checkpoints/shapes_flow", "checkpoints/shapes_unet"),
-            "base_samples": (1536, 768),
+            "base_samples": (8192, 768),
             "validation_fraction": 0.2,
             "ood_renders": 256,
             "ood_base_samples": 256,

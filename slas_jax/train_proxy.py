@@ -199,6 +199,8 @@ def labelled_pairs(
     base: Sequence[tuple[str, int]],
     seed: int,
     degradation: Degradation = Degradation(),
+    *,
+    progress: bool = False,
 ) -> LabelledPairs:
     """Each image (``renders`` renders, a ``degradation.fraction`` of them degraded, then ``count`` samples
     of each base checkpoint in ``base``, prompts drawn uniformly from ``specs``) paired with its own prompt
@@ -206,7 +208,7 @@ def labelled_pairs(
     (``"<origin>/other"``), and scored by the ground truth."""
     rng = np.random.default_rng(seed)
     image_specs = [specs[i] for i in rng.integers(len(specs), size=renders)]
-    rendered = [render(s, rng) for s in image_specs]
+    rendered = [render(s, rng) for s in tqdm(image_specs, desc="render", unit="image", disable=not progress)]
     degraded = rng.random(renders) < degradation.fraction
     images = [
         np.stack(
@@ -220,6 +222,8 @@ def labelled_pairs(
     for k, (folder, count) in enumerate(base):
         chosen = [specs[i] for i in rng.integers(len(specs), size=count)]
         config, bundle = load_base_model(folder)
+        if progress:
+            tqdm.write(f"sampling {count} images from {folder}")
         images.append(
             generate_images(
                 bundle,
@@ -350,13 +354,16 @@ def run(config: ProxyConfig, *, command: str = "", progress: bool = True) -> dic
         list(zip(config.base_checkpoints, config.base_samples, strict=True)),
         config.seed,
         degradation,
+        progress=progress,
     )
     rng = np.random.default_rng([config.seed, 1])
     held_back = rng.random(len(pairs.images)) < config.validation_fraction
     validation = pairs.subset(held_back[pairs.image_index])
     training = pairs.subset(~held_back[pairs.image_index])
     ood_base = [(config.base_checkpoints[0], config.ood_base_samples)] if config.base_checkpoints else []
-    ood = labelled_pairs(split_specs("held_out"), config.ood_renders, ood_base, config.seed + 1, degradation)
+    ood = labelled_pairs(
+        split_specs("held_out"), config.ood_renders, ood_base, config.seed + 1, degradation, progress=progress
+    )
     data_seconds = time.perf_counter() - started
     started = time.perf_counter()
     graph, params, tokenizer, losses = train(config, training, progress=progress)
