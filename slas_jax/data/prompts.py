@@ -297,42 +297,16 @@ def prompt_batches(
         index += batch_size
 
 
-class FixedSubset:
-    """The records of ``source`` at ``ids`` as a random-access source of their own (len, __getitems__)."""
-
-    def __init__(self, source: Sequence[dict[str, Any]], ids: np.ndarray):
-        self.source = source
-        self.ids = np.asarray(ids, np.int64)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
-        return self.source.__getitems__([int(self.ids[i]) for i in indices])
-
-
-def fixed_subset(source: Sequence[dict[str, Any]], size: int) -> FixedSubset:
-    """``size`` records of ``source`` chosen by a permutation seeded by 0 alone, so every reader (the training
-    stream and a fixed evaluation set, whatever their stream seeds) picks the same ones."""
-    if not 0 < size <= len(source):
-        raise ValueError(f"subset of {size} prompts: choose 1 .. {len(source)} (0 uses them all)")
-    return FixedSubset(source, np.sort(np.random.default_rng(0).permutation(len(source))[:size]))
-
-
 @register_source("shapes")
 class ShapesPrompts:
     """The shapes testbed as a prompt source: ``split`` "train" or "held_out", stored as TFDS under
     ``data_dir`` on first use; batch(start, size) -> (prompts, {"shapes_spec": (size, MAX_CLAUSES,
-    CLAUSE_FIELDS) int32}) for the "shapes" reward, in the seeded epoch order of ``batch_at``. ``subset``
-    > 0 restricts the split to that many prompts (``fixed_subset``: the same ones for every seed)."""
+    CLAUSE_FIELDS) int32}) for the "shapes" reward, in the seeded epoch order of ``batch_at``."""
 
     vocabulary = VOCABULARY
 
-    def __init__(
-        self, split: str = "train", data_dir: str = "~/tensorflow_datasets", seed: int = 0, subset: int = 0
-    ):
-        source = prompt_source(f"shapes_{split}", shapes_records(split), Path(data_dir).expanduser())
-        self.source = fixed_subset(source, subset) if subset else source
+    def __init__(self, split: str = "train", data_dir: str = "~/tensorflow_datasets", seed: int = 0):
+        self.source = prompt_source(f"shapes_{split}", shapes_records(split), Path(data_dir).expanduser())
         self.seed = seed
 
     def batch(self, start: int, size: int) -> tuple[list[str], dict[str, np.ndarray]]:

@@ -155,19 +155,3 @@ def test_shapes_source_feeds_the_trainer(data_dir):
     assert set(source.vocabulary) >= {w for t in texts for w in t.split()}
     again, _ = source.batch(100, 8)
     assert again == texts
-
-
-def test_a_shapes_subset_is_the_same_prompts_for_every_stream_seed(data_dir):
-    def source(seed, subset):
-        options = {"split": "train", "data_dir": str(data_dir), "seed": seed, "subset": subset}
-        return build_prompt_source(DataConfig(name="shapes", options=options))
-
-    first, second = source(0, 16), source(1, 16)
-    texts_first, _ = first.batch(0, 32)
-    texts_second, _ = second.batch(0, 32)
-    assert len(set(texts_first)) == 16 and set(texts_first) == set(texts_second)
-    assert texts_first[:16] != texts_second[:16]
-    assert set(texts_first) < {s.prompt for s in shapes.split_specs("train")}
-    assert len(set(source(0, 0).batch(0, 268)[0])) == 268
-    with pytest.raises(ValueError, match=r"choose 1 \.\. 268"):
-        source(0, 269)
