@@ -87,7 +87,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         "train": {"name": "shapes", "options": {"split": "train", "seed": 1}},
         "held_out": {"name": "shapes", "options": {"split": "held_out", "seed": 1}},
     }
-    c.eval.num_prompts = 24
-    c.eval.samples_per_prompt = 2
+    # 128 images per set, the same noise at every evaluation: a paired before / after comparison.
+    c.eval.num_prompts = 32
+    c.eval.samples_per_prompt = 4
     c.eval.grid_prompts = 8
     return c
