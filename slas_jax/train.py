@@ -148,11 +148,11 @@ def run(config: Config) -> list[dict[str, float]]:
     )
     first = make_batch(0)
     train_step = grpo.jit_train_step(step_fn, state, shardings, first, mesh)
-    writer = MetricsWriter(out_dir / "metrics.jsonl")
     checkpointer = Checkpointer(out_dir / "checkpoints") if tc.checkpoint_every else None
     if checkpointer is not None and checkpointer.latest_step() is not None:
         state, _ = checkpointer.restore(state, shardings)
         tqdm.write(f"resumed from step {int(state.step)} in {out_dir}/checkpoints")
+    writer = MetricsWriter(out_dir / "metrics.jsonl", start_step=int(state.step))
     before, eval_images = {}, {}
     if evaluator is not None:
         before, eval_images = evaluator.evaluate(state.params, state.frozen)
