@@ -3,10 +3,8 @@ Orbax states that load into the same parameters (and outputs) as the diffusers f
 safetensors; bad inputs end with one line on stderr and exit code 2."""
 
 import json
-import os
 import string
 import subprocess
-import sys
 from pathlib import Path
 
 import diffusers
@@ -16,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from cli_runner import run_module
 from diffusers.pipelines.flux.pipeline_flux import FluxPipeline
 
 from slas_jax import convert as convert_cli
@@ -153,14 +152,7 @@ def flux_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def sd_converted(sd_folder, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("converted") / "sd-tiny-jax"
-    result = subprocess.run(
-        [sys.executable, "-m", "slas_jax.convert", str(sd_folder), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    )
+    result = run_module("slas_jax.convert", sd_folder, out, env={"JAX_PLATFORMS": "cpu"})
     return out, result
 
 

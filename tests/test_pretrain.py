@@ -4,11 +4,10 @@ line naming the fix."""
 
 import dataclasses
 import runpy
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import one_line_error, run_module
 
 from slas_jax import pretrain
 from slas_jax.models.convert import ConversionError
@@ -143,20 +142,10 @@ def test_zero_init_pattern_that_matches_nothing_is_refused(tmp_path):
 
 
 def test_cli_bad_value_fails_with_one_line():
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "slas_jax.pretrain",
-            "--config",
-            str(ROOT / "configs" / "shapes_pretrain_flow.py"),
-            "--config.pretrain.steps=0",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
+    out = run_module(
+        "slas_jax.pretrain",
+        "--config",
+        ROOT / "configs" / "shapes_pretrain_flow.py",
+        "--config.pretrain.steps=0",
     )
-    assert out.returncode == 2
-    lines = out.stderr.strip().splitlines()
-    assert lines == ["error: config.pretrain.steps: must be >= 1, got 0"], out.stderr[-2000:]
+    assert one_line_error(out) == "error: config.pretrain.steps: must be >= 1, got 0"

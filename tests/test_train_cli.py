@@ -1,19 +1,17 @@
 """The training CLI: bad command lines end with one actionable line on stderr, exit code 2, no traceback."""
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import one_line_error, run_module
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "brightness_cpu.py")
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "slas_jax.train", *args], capture_output=True, text=True, timeout=120, cwd=ROOT
-    )
+    return run_module("slas_jax.train", *args)
 
 
 @pytest.mark.parametrize(
@@ -38,8 +36,5 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 )
 def test_bad_command_lines_fail_with_one_line(args, expected):
     out = run_cli(*args)
-    assert out.returncode == 2, out.stderr[-2000:]
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr[-2000:]
-    assert expected in lines[0]
+    assert expected in one_line_error(out)
     assert "Traceback" not in out.stderr

@@ -1,31 +1,24 @@
 """End-to-end smoke runs of the training CLI: the README's default job and the shapes demo with evaluation."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
+
+from cli_runner import run_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_default_job_runs_and_logs_metrics(tmp_path):
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "slas_jax.train",
-            "--config",
-            str(ROOT / "configs" / "brightness_cpu.py"),
-            "--config.train.num_steps=2",
-            "--config.train.prompts_per_step=2",
-            "--config.train.micro_batch_size=8",
-            "--config.train.checkpoint_every=1",
-            f"--config.train.output_dir={tmp_path}",
-        ],
-        capture_output=True,
-        text=True,
+    out = run_module(
+        "slas_jax.train",
+        "--config",
+        ROOT / "configs" / "brightness_cpu.py",
+        "--config.train.num_steps=2",
+        "--config.train.prompts_per_step=2",
+        "--config.train.micro_batch_size=8",
+        "--config.train.checkpoint_every=1",
+        f"--config.train.output_dir={tmp_path}",
         timeout=300,
-        cwd=ROOT,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "done: 2 steps" in out.stdout

@@ -4,10 +4,7 @@ two GRPO steps of ``train.run`` on that folder; the random pixel-space testbed p
 and the one-line error of the FLUX.1-dev recipe without weights."""
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from cli_runner import one_line_error, run_module
 from diffusers.pipelines.flux.pipeline_flux import FluxPipeline, calculate_shift, retrieve_timesteps
 
 from slas_jax import grpo
@@ -563,24 +561,15 @@ def test_flux_recipe_without_weights_fails_with_one_line(tmp_path):
             options={"path": str(prompts), "data_dir": str(tmp_path / "tensorflow_datasets")},
         )
     )
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "slas_jax.train",
-            "--config",
-            str(ROOT / "configs" / "flux_tpu.py"),
-            f"--config.data.options.path={prompts}",
-            f"--config.train.output_dir={tmp_path / 'run'}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    out = run_module(
+        "slas_jax.train",
+        "--config",
+        ROOT / "configs" / "flux_tpu.py",
+        f"--config.data.options.path={prompts}",
+        f"--config.train.output_dir={tmp_path / 'run'}",
         cwd=tmp_path,  # so the default checkpoints/FLUX.1-dev surely does not exist
-        env={**os.environ, "HOME": str(tmp_path)},  # the prompt set is stored under ~/tensorflow_datasets
+        env={"HOME": str(tmp_path)},  # the prompt set is stored under ~/tensorflow_datasets
     )
-    assert out.returncode == 2, out.stderr[-3000:]
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr[-3000:]
-    assert "checkpoints/FLUX.1-dev" in lines[0] and "black-forest-labs/FLUX.1-dev" in lines[0]
+    line = one_line_error(out)
+    assert "checkpoints/FLUX.1-dev" in line and "black-forest-labs/FLUX.1-dev" in line
     assert "Traceback" not in out.stderr

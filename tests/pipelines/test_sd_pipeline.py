@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from cli_runner import one_line_error, run_module
 from jax.experimental.compilation_cache import compilation_cache as jax_compilation_cache
 
 from slas_jax import grpo
@@ -406,27 +407,17 @@ def test_tiny_sd_folder_converts_and_trains_two_grpo_steps(
 def test_sd_recipe_without_weights_fails_with_one_line(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a photo of a cat\n")
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "slas_jax.train",
-            "--config",
-            str(ROOT / "configs" / "sd_tpu.py"),
-            f"--config.data.options.path={prompts}",
-            f"--config.train.output_dir={tmp_path / 'run'}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    out = run_module(
+        "slas_jax.train",
+        "--config",
+        ROOT / "configs" / "sd_tpu.py",
+        f"--config.data.options.path={prompts}",
+        f"--config.train.output_dir={tmp_path / 'run'}",
         cwd=tmp_path,  # so the default checkpoints/stable-diffusion-v1-4 surely does not exist
         # The prompt set is stored before the checkpoint is opened: in ~/tensorflow_datasets, here a temporary one.
-        env={**os.environ, "JAX_PLATFORMS": "cpu", "HOME": str(tmp_path)},
+        env={"JAX_PLATFORMS": "cpu", "HOME": str(tmp_path)},
     )
-    assert out.returncode == 2, out.stderr[-3000:]
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr[-3000:]
-    line = lines[0]
+    line = one_line_error(out)
     assert "checkpoints/stable-diffusion-v1-4 does not exist" in line, line
     assert "unet/config.json" in line and "tokenizer/tokenizer_config.json" in line, line
     assert "CompVis/stable-diffusion-v1-4" in line, line
