@@ -131,7 +131,8 @@ def make_train_step(
     tc, lc, sc, ac = config.train, config.loss, config.sampler, config.advantage
     # The image decoded from the last clean estimate is fixed before the last transition is drawn, so that
     # transition's log-probability gradient is pure noise; on shifted flow schedules it also has the largest
-    # drift-to-std ratio and drowns the other steps' signal (the shapes demo learned nothing with it).
+    # drift-to-std ratio and drowns the other steps' signal (shapes demo, ground truth as reward, 30 steps:
+    # paired partial score 0.257 -> 0.250 with it trained, 0.257 -> 0.275 without).
     require(
         sc.decode != "prediction" or lc.exclude_last_steps >= 1,
         "loss.exclude_last_steps",
