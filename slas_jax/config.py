@@ -121,6 +121,8 @@ class LossConfig:
 
     clip_range: PPO ratio clip (DanceGRPO 1e-4); kl_beta: weight of the Flow-GRPO KL term (0 disables it and
     keeps no reference copy); timestep_fraction: fraction of the trainable steps each sample trains on;
+    exclude_first_steps: first (noisiest) transitions never trained, for models whose outcome barely depends
+    on those steps' noise (their log-prob gradients are then mostly noise; see configs/shapes_cpu.py);
     exclude_last_steps: final transitions never trained (DanceGRPO SD trains all but the last); at least 1
     when the sampler decodes its last clean estimate (``sampler.decode = "prediction"``), which the last
     transition never reaches (checked by ``grpo.make_train_step``).
@@ -129,12 +131,14 @@ class LossConfig:
     clip_range: float = 1e-4
     kl_beta: float = 0.0
     timestep_fraction: float = 1.0
+    exclude_first_steps: int = 0
     exclude_last_steps: int = 0
 
     def validate(self, name: str) -> None:
         require(self.clip_range > 0, f"{name}.clip_range", f"must be > 0, got {self.clip_range}")
         require(self.kl_beta >= 0, f"{name}.kl_beta", f"must be >= 0, got {self.kl_beta}")
         require(0 < self.timestep_fraction <= 1, f"{name}.timestep_fraction", "must be in (0, 1]")
+        require(self.exclude_first_steps >= 0, f"{name}.exclude_first_steps", "must be >= 0")
         require(self.exclude_last_steps >= 0, f"{name}.exclude_last_steps", "must be >= 0")
 
 
@@ -285,9 +289,9 @@ class Config:
         for f in dataclasses.fields(self):
             getattr(self, f.name).validate(f.name)
         require(
-            self.loss.exclude_last_steps < self.sampler.num_steps,
+            self.loss.exclude_first_steps + self.loss.exclude_last_steps < self.sampler.num_steps,
             "loss.exclude_last_steps",
-            f"must be < sampler.num_steps = {self.sampler.num_steps}",
+            f"plus loss.exclude_first_steps must be < sampler.num_steps = {self.sampler.num_steps}",
         )
         flow_model = self.model.family == "flux"
         flow_sampler = self.sampler.name in ("flow_sde", "dance_flow")

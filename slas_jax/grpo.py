@@ -181,6 +181,7 @@ def make_train_step(
             num_samples,
             pipeline.sampler.num_steps,
             fraction=lc.timestep_fraction,
+            exclude_first=lc.exclude_first_steps,
             exclude_last=lc.exclude_last_steps,
         )
         k = index.shape[1]

@@ -32,16 +32,23 @@ class Transitions(NamedTuple):
 
 
 def select_timesteps(
-    key: jax.Array, batch: int, num_steps: int, *, fraction: float, exclude_last: int = 0
+    key: jax.Array,
+    batch: int,
+    num_steps: int,
+    *,
+    fraction: float,
+    exclude_first: int = 0,
+    exclude_last: int = 0,
 ) -> jax.Array:
     """(batch, k) int32 step indices: a random subset of the trainable steps per sample (DanceGRPO style).
 
-    Trainable steps are 0 .. num_steps - exclude_last - 1; k = max(1, round(fraction * trainable)).
+    Trainable steps are exclude_first .. num_steps - exclude_last - 1; k = max(1, round(fraction * trainable)).
     """
-    trainable = num_steps - exclude_last
+    trainable = num_steps - exclude_first - exclude_last
     k = max(1, round(fraction * trainable))
     keys = jax.random.split(key, batch)
-    return jax.vmap(lambda kk: jax.random.permutation(kk, trainable)[:k])(keys).astype(jnp.int32)
+    picked = jax.vmap(lambda kk: jax.random.permutation(kk, trainable)[:k])(keys)
+    return (picked + exclude_first).astype(jnp.int32)
 
 
 def rescore(
