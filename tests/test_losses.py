@@ -27,6 +27,10 @@ def test_each_sample_trains_distinct_steps_inside_the_window(first, last, fracti
 
 
 def test_excluded_steps_must_leave_a_trainable_one():
-    with pytest.raises(ConfigError, match=r"loss\.exclude_last_steps: plus loss\.exclude_first_steps must be <"):
-        load_config({"sampler": {"num_steps": 4}, "loss": {"exclude_first_steps": 3, "exclude_last_steps": 1}})
+    with pytest.raises(
+        ConfigError, match=r"loss\.exclude_last_steps: plus loss\.exclude_first_steps must be <"
+    ):
+        load_config(
+            {"sampler": {"num_steps": 4}, "loss": {"exclude_first_steps": 3, "exclude_last_steps": 1}}
+        )
     load_config({"sampler": {"num_steps": 4}, "loss": {"exclude_first_steps": 2, "exclude_last_steps": 1}})
