@@ -4,10 +4,13 @@ they name."""
 import runpy
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
 
 from slas_jax.config import ConfigError, load_config
 from slas_jax.grpo import make_train_step
+from slas_jax.losses import select_timesteps
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_CONFIGS = ["brightness_cpu.py", "sd_tpu.py", "flux_tpu.py", "shapes_cpu.py"]
@@ -65,3 +68,16 @@ def test_decoding_the_last_clean_estimate_requires_the_last_transition_untrained
     config = load_config(config)
     with pytest.raises(ConfigError, match=r"loss\.exclude_last_steps: must be >= 1 with sampler\.decode"):
         make_train_step(None, None, None, config)
+
+
+def test_shapes_demo_trains_every_transition_between_the_noise_only_first_steps_and_the_last():
+    loss = load_config(get_config("shapes_cpu.py")).loss
+    index = select_timesteps(
+        jax.random.PRNGKey(0),
+        16,
+        8,
+        fraction=loss.timestep_fraction,
+        exclude_first=loss.exclude_first_steps,
+        exclude_last=loss.exclude_last_steps,
+    )
+    assert {tuple(sorted(row)) for row in np.asarray(index).tolist()} == {(3, 4, 5, 6)}
