@@ -11,10 +11,10 @@ import pytest
 from scipy import stats
 
 from slas_jax import train_proxy
-from slas_jax.data.shapes import split_specs
+from slas_jax.data.shapes import IMAGE_SIZE, MAX_TOKENS, VOCABULARY, split_specs
 from slas_jax.pipelines.pretrained import params_hash
 from slas_jax.rewards import build_reward
-from slas_jax.rewards.proxy import REGENERATE, load_proxy
+from slas_jax.rewards.proxy import REGENERATE, build_proxy, load_proxy, proxy_scores, shift_images
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "checkpoints" / "shapes_proxy"
@@ -37,14 +37,18 @@ TINY = {
             "patch_size": 8,
         },
         "projection_dim": 16,
+        "phases": 2,
     },
     "renders": 24,
-    "base_checkpoints": (),
-    "base_samples": (),
+    "base_checkpoints": (str(ROOT / "checkpoints" / "shapes_flow"),),
+    "base_samples": (8,),
+    "base_group_size": 4,
     "ood_renders": 8,
-    "ood_base_samples": 0,
+    "ood_base_samples": 4,
     "steps": 3,
     "batch_size": 8,
+    "rank_weight": 1.0,
+    "group_batch": 1,
     "warmup_steps": 1,
 }
 
@@ -59,8 +63,11 @@ def tiny_run(tmp_path_factory):
 def test_tiny_proxy_trains_loads_and_scores_under_jit(tiny_run):
     config, metadata = tiny_run
     pairings = len(train_proxy.PAIRINGS)
-    assert metadata["sample"]["training_pairs"] + metadata["sample"]["validation_pairs"] == pairings * 24
+    assert metadata["sample"]["training_pairs"] + metadata["sample"]["validation_pairs"] == pairings * (
+        24 + 8
+    )
     assert {"training", "validation", "held_out_prompts"} == set(metadata["eval"])
+    assert metadata["eval"]["held_out_prompts"]["within_groups"]["groups"] == 1
     _, params, tokenizer = load_proxy(config.output_dir)
     assert params_hash({"proxy": params}) == metadata["params_sha256"]
 
@@ -121,3 +128,54 @@ def test_shipped_proxy_correlates_with_the_truth():
     pred = train_proxy.predict(graph, params, pairs, tokenizer)
     pearson = stats.pearsonr(pred, pairs.partial)[0]
     assert pearson > MIN_PEARSON, pearson
+
+
+def test_base_samples_come_in_groups_of_one_prompt_kept_whole_by_the_split():
+    specs = split_specs("train")
+    pairs = train_proxy.labelled_pairs(
+        specs, 5, [(str(ROOT / "checkpoints" / "shapes_flow"), 8)], 0, group_size=4
+    )
+    members = pairs.groups()
+    assert members.shape == (2, 4)
+    for group in members:
+        assert len({pairs.prompts[i] for i in group}) == 1
+        assert set(pairs.source[group]) == {"shapes_flow"}
+        assert len(set(pairs.image_index[group])) == 4
+    # Renders and every pair with a prompt other than the image's own carry no group.
+    assert (pairs.group[:5] == -1).all() and (pairs.group[13:] == -1).all()
+    np.testing.assert_array_equal(pairs.image_unit, [0, 1, 2, 3, 4, 5, 5, 5, 5, 6, 6, 6, 6])
+    kept = pairs.subset(np.isin(pairs.image_index, [5, 6, 7, 8]))
+    assert kept.groups().shape == (1, 4)
+
+
+def test_within_groups_reads_only_the_order_inside_each_group():
+    truth = np.array([[0.0, 0.5, 1.0], [0.2, 0.3, 0.1]])
+    shifted = truth + np.array([[5.0], [-3.0]])  # a per-prompt constant changes no advantage
+    assert train_proxy.within_groups(shifted, truth)["centred_pearson"] == 1.0
+    assert train_proxy.within_groups(shifted, truth)["mean_group_pearson"] == 1.0
+    assert train_proxy.within_groups(-shifted, truth)["centred_pearson"] == -1.0
+    flat = train_proxy.within_groups(np.array([[1.0, 1.0, 1.0], [0.0, 1.0, 2.0]]), truth)
+    assert flat["groups_varying"] == 1 and flat["mean_group_pearson"] == -0.5
+
+
+def test_scores_average_every_pixel_alignment_of_the_patch_grid():
+    images = np.random.default_rng(1).random((2, 8, 8, 3), dtype=np.float32)
+    identity = shift_images(images, np.full((2, 2), 2), 4)
+    np.testing.assert_array_equal(identity, images)
+    moved = np.asarray(shift_images(images, np.array([[3, 2], [2, 0]]), 4))
+    np.testing.assert_array_equal(moved[0, 1:], images[0, :-1])  # one row down
+    np.testing.assert_array_equal(moved[0, 0], images[0, 0])  # the edge row repeated
+    np.testing.assert_array_equal(moved[1, :, :-2], images[1, :, 2:])  # two columns left
+
+    graph, params, tokenizer = build_proxy(
+        {**TINY["architecture"], "phases": 4}, VOCABULARY, MAX_TOKENS, IMAGE_SIZE, seed=0
+    )
+    images = np.random.default_rng(2).random((2, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.float32)
+    tokens = tokenizer(["a red circle", "two blue squares"])
+    views = [
+        proxy_scores(graph, params, images, tokens, np.tile([dy, dx], (2, 1)))
+        for dy in range(4)
+        for dx in range(4)
+    ]
+    np.testing.assert_allclose(proxy_scores(graph, params, images, tokens), np.mean(views, axis=0), rtol=1e-5)
+    assert np.ptp(np.stack(views), axis=0).min() > 0  # the views differ: the average is not one view
