@@ -343,14 +343,21 @@ def within_groups(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 
 
 def report(pred: np.ndarray, pairs: LabelledPairs) -> dict[str, Any]:
-    """Correlations with the partial truth overall, per source and, where there are groups, within them."""
+    """Correlations with the partial truth overall, per source and, where there are groups, within the
+    groups of each base checkpoint."""
     out: dict[str, Any] = {"all": correlations(pred, pairs.partial)}
     for source in sorted(set(pairs.source.tolist())):
         keep = pairs.source == source
         out[source] = correlations(pred[keep], pairs.partial[keep])
     members = pairs.groups()
     if members.size:
-        out["within_groups"] = within_groups(pred[members], pairs.partial[members])
+        group_source = pairs.source[members[:, 0]]
+        out["within_groups"] = {
+            source: within_groups(
+                pred[members[group_source == source]], pairs.partial[members[group_source == source]]
+            )
+            for source in sorted(set(group_source.tolist()))
+        }
     return out
 
 
@@ -441,9 +448,14 @@ def run(config: ProxyConfig, *, command: str = "", progress: bool = True) -> dic
         progress=progress,
     )
     rng = np.random.default_rng([config.seed, 1])
-    held_back = (rng.random(pairs.image_unit.max() + 1) < config.validation_fraction)[pairs.image_unit]
-    validation = pairs.subset(held_back[pairs.image_index])
-    training = pairs.subset(~held_back[pairs.image_index])
+    draw = rng.random(pairs.image_unit.max() + 1)[pairs.image_unit][pairs.image_index]
+    validation = pairs.subset(draw < config.validation_fraction)
+    training = pairs.subset(draw >= config.validation_fraction)
+    # The training fit is reported on as many pairs as validation: scoring averages every view, so scoring
+    # all training pairs would cost more than the training itself.
+    training_report = pairs.subset(
+        (draw >= config.validation_fraction) & (draw < 2 * config.validation_fraction)
+    )
     ood_base = [(config.base_checkpoints[0], config.ood_base_samples)] if config.base_checkpoints else []
     ood = labelled_pairs(
         split_specs("held_out"),
@@ -476,7 +488,7 @@ def run(config: ProxyConfig, *, command: str = "", progress: bool = True) -> dic
             "label_strict_mean": round(float(training.strict.mean()), 4),
         },
         "eval": {
-            "training": report(predict(graph, params, training, tokenizer), training),
+            "training": report(predict(graph, params, training_report, tokenizer), training_report),
             "validation": report(predict(graph, params, validation, tokenizer), validation),
             "held_out_prompts": report(predict(graph, params, ood, tokenizer), ood),
         },

@@ -67,7 +67,7 @@ def test_tiny_proxy_trains_loads_and_scores_under_jit(tiny_run):
         24 + 8
     )
     assert {"training", "validation", "held_out_prompts"} == set(metadata["eval"])
-    assert metadata["eval"]["held_out_prompts"]["within_groups"]["groups"] == 1
+    assert metadata["eval"]["held_out_prompts"]["within_groups"]["shapes_flow"]["groups"] == 1
     _, params, tokenizer = load_proxy(config.output_dir)
     assert params_hash({"proxy": params}) == metadata["params_sha256"]
 
