@@ -273,7 +273,7 @@ def labelled_pairs(
         )
         image_specs += [s for s in chosen for _ in range(group_size)]
         sources += [folder.rstrip("/").split("/")[-1]] * (len(chosen) * group_size)
-        first = sum(len(u) for u in units)
+        first = units[-1].max() + 1 if len(units[-1]) else 0
         units.append(np.repeat(np.arange(first, first + len(chosen)), group_size))
     all_images = np.concatenate(images).astype(np.float32)
     n = len(image_specs)

@@ -132,9 +132,8 @@ def test_shipped_proxy_correlates_with_the_truth():
 
 def test_base_samples_come_in_groups_of_one_prompt_kept_whole_by_the_split():
     specs = split_specs("train")
-    pairs = train_proxy.labelled_pairs(
-        specs, 5, [(str(ROOT / "checkpoints" / "shapes_flow"), 8)], 0, group_size=4
-    )
+    flow = str(ROOT / "checkpoints" / "shapes_flow")
+    pairs = train_proxy.labelled_pairs(specs, 5, [(flow, 4), (flow, 4)], 0, group_size=4)
     members = pairs.groups()
     assert members.shape == (2, 4)
     for group in members:
