@@ -1,10 +1,21 @@
 """The shapes testbed's learned proxy reward ("proxy", the testbed's HPS): a tiny CLIP (ViT on 4x4-pixel
 patches + word-level text tower, width 64) whose scaled cosine plus bias regresses the ground-truth partial
 score on a limited labelled sample of the training prompts (renders, half of them blurred and noised, and
-base-model samples; each image with its own prompt, a near miss and another prompt of its category).
-Needs checkpoints/shapes_flow and checkpoints/shapes_unet to exist. Most model samples come from the flow
-base, the demo's policy: RL ranks the policy's own samples, and HPS is likewise trained on generated images
-(with 1,536 flow samples the proxy's Pearson on held-back flow samples was 0.18; with 8,192 it is 0.32).
+base-model samples in groups of 8 per prompt; each image with its own prompt, a near miss and another prompt
+of its category). Needs checkpoints/shapes_flow and checkpoints/shapes_unet to exist. Most model samples
+come from the flow base, the demo's policy: RL ranks the policy's own samples, and HPS is likewise trained on
+generated images (with 1,536 flow samples the proxy's Pearson on held-back flow samples was 0.18; with 8,192
+it is 0.32).
+
+What GRPO reads is the order of the samples of one prompt, and a proxy fitted to absolute scores alone got
+that order poorly: on 96 fresh flow groups of 8 its group-centred Pearson with the truth was 0.15. Measured
+on the same groups (the labelled sample fixed, two runs at a time on 2 cores, about 12 min each): groups of
+8 and the within-group loss (rank_weight 1, group_batch 8) 0.20, overfitting (0.72 on training groups,
+0.19 on held-back ones); seeing each image at a random offset of the patch grid and scoring the mean over
+all 16 offsets (``phases`` 4) 0.23 (held back 0.28); rank_weight 3, group_batch 16 0.28 (held back 0.31).
+Adding 2,048 groups of warped and specked renders lowered it to 0.25, so they are not used. Against the
+demo's RL (30 steps, 128 training prompts x 4 evaluated paired, base partial 0.257) the truth ended at
+0.244 with the first proxy, 0.249 with offsets and 0.254 with rank_weight 3: less hacking, not yet a gain.
 
 Regenerate the shipped checkpoint (bit for bit on the same machine and software; compare ``params_sha256`` in
 checkpoints/shapes_proxy/metadata.json):

@@ -6,10 +6,12 @@ the shapes grammar's word tokenizer) scores an (image, prompt) pair as
     score = exp(logit_scale) * cosine(image embedding, text embedding) + bias,
 
 HPS's form (a scaled CLIP cosine) plus a bias, regressed onto the ground-truth PARTIAL score of a limited
-labelled sample (``python -m slas_jax.train_proxy --config configs/shapes_proxy.py``). Like HPS it is imperfect
-(trained on a few thousand pairs, it has never seen most images a policy will produce) and exploitable: a
-policy can raise the cosine without satisfying the prompt. The shipped checkpoint lives in
-``checkpoints/shapes_proxy`` (``params/`` + ``metadata.json`` with its held-out correlation with the truth).
+labelled sample (``python -m slas_jax.train_proxy --config configs/shapes_proxy.py``), including how it orders
+the samples of one prompt, and averaged over every alignment of the image with the ViT's patch grid
+(:class:`ProxyModel`). Like HPS it is imperfect (trained on a few thousand base-model samples, it has never
+seen most images a policy will produce) and exploitable: a policy can raise the cosine without satisfying
+the prompt. The shipped checkpoint lives in ``checkpoints/shapes_proxy`` (``params/`` + ``metadata.json``
+with its held-out correlations with the truth).
 
 The reward is a pure jittable function of (its parameters, images, the batch's ``proxy_tokens``); its
 ``prepare`` tokenises prompts with its own tokenizer, so any pipeline's tokenizer can sit beside it.
@@ -53,10 +55,11 @@ class ProxyModel(nnx.Module):
     """exp(logit_scale) * cosine(image, text) + bias over a :class:`~slas_jax.models.clip.CLIPModel`.
 
     ``phases`` (the ViT's patch size, or 1) is how many pixel offsets per axis the image is seen at: training
-    shows each image at one random offset, scoring averages over all ``phases ** 2``. A policy can otherwise
-    raise the score with a texture that repeats with the patch grid (measured: a dot pattern of period 4 over
-    the whole image lifted the 4x4-patch proxy from 0.33 to 0.50 while the truth fell); averaged over every
-    alignment, such a texture no longer lines up with the patches.
+    shows each image at one random offset, scoring averages over all ``phases ** 2``, so the score does not
+    depend on where the patch grid falls. Against a single-offset proxy a policy raised the score with a dot
+    texture repeating with the patch grid (the proxy 0.33 -> 0.50 in 30 RL steps while the truth fell).
+    Averaging does not stop every texture (RL still adds a fainter one), but with it the within-prompt
+    agreement with the truth on held-back flow groups rose from 0.19 to 0.28 (``configs/shapes_proxy.py``).
     """
 
     def __init__(
