@@ -19,8 +19,9 @@ samples of one prompt, and that ordering is what the proxy is worst at when it o
 (the within-group correlation with the truth on base flow groups was 0.15 where the overall one was 0.37).
 A random ``validation_fraction`` of the images (whole groups, with all their pairs) is held back; the metadata
 reports Pearson and Spearman correlations with the truth on it (overall, per source and within groups), and
-on an out-of-domain set built the same way on the HELD-OUT prompts. Everything is seeded by ``seed``: the same command on the same machine and
-software reproduces the parameters bit for bit (``params_sha256`` in the metadata).
+on an out-of-domain set built the same way on the HELD-OUT prompts. Everything is seeded by ``seed``: the
+same command on the same machine and software reproduces the parameters bit for bit (``params_sha256`` in
+the metadata).
 """
 
 from __future__ import annotations

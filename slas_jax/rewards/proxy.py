@@ -73,7 +73,7 @@ class ProxyModel(nnx.Module):
         self.bias = layers.param((), (), rngs=rngs, init=nnx.initializers.constant(0.5))
 
     def view(self, images: jax.Array, tokens: jax.Array) -> jax.Array:
-        """The score of one view: images (b, h, w, 3) float in [0, 1]; tokens (b, length) int32. (b,) float32."""
+        """One view's score: images (b, h, w, 3) float in [0, 1]; tokens (b, length) int32. (b,) float32."""
         image = self.clip.get_image_features(images.astype(jnp.float32) * 2.0 - 1.0)
         text = self.clip.get_text_features(tokens)
         image = image / jnp.linalg.norm(image, axis=-1, keepdims=True)
@@ -83,7 +83,7 @@ class ProxyModel(nnx.Module):
 
     def __call__(self, images: jax.Array, tokens: jax.Array, offsets: jax.Array | None = None) -> jax.Array:
         """images: (b, h, w, 3) float in [0, 1]; tokens: (b, length) int32 word ids; offsets: (b, 2) int32 in
-        [0, phases), one view per image (training), or None for the mean over all views. Returns (b,) float32."""
+        [0, phases), one view per image (training), or None for the mean over all views. (b,) float32."""
         if offsets is not None:
             return self.view(shift_images(images, offsets, self.phases), tokens)
         if self.phases == 1:
@@ -100,8 +100,8 @@ def model_configs(
     architecture: Mapping[str, Any], tokenizer: WordTokenizer, image_size: int
 ) -> tuple[clip.CLIPTextConfig, clip.CLIPVisionConfig]:
     """The towers' configs: ``architecture`` {"text": CLIPTextConfig fields, "vision": CLIPVisionConfig
-    fields, "projection_dim": int, optionally "phases": int (:class:`ProxyModel`)}; the tokenizer fixes vocabulary, length and eos, ``image_size`` the
-    vision input."""
+    fields, "projection_dim": int, optionally "phases": int (:class:`ProxyModel`)}; the tokenizer fixes
+    vocabulary, length and eos, ``image_size`` the vision input."""
     projection = architecture["projection_dim"]
     text = clip.CLIPTextConfig(
         **{
