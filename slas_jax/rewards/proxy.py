@@ -56,10 +56,10 @@ class ProxyModel(nnx.Module):
 
     ``phases`` (the ViT's patch size, or 1) is how many pixel offsets per axis the image is seen at: training
     shows each image at one random offset, scoring averages over all ``phases ** 2``, so the score does not
-    depend on where the patch grid falls. Against a single-offset proxy a policy raised the score with a dot
-    texture repeating with the patch grid (the proxy 0.33 -> 0.50 in 30 RL steps while the truth fell).
-    Averaging does not stop every texture (RL still adds a fainter one), but with it the within-prompt
-    agreement with the truth on held-back flow groups rose from 0.19 to 0.28 (``configs/shapes_proxy.py``).
+    depend on where the patch grid falls. That does not stop the hack RL finds against this proxy, a dot
+    texture repeating with the patch grid: such a texture looks the same at every offset. What the random
+    offset in training does is generalise: the within-prompt agreement with the truth on held-back flow
+    groups rose from 0.19 to 0.28 with it (``configs/shapes_proxy.py``).
     """
 
     def __init__(
