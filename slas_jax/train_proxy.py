@@ -255,6 +255,7 @@ def labelled_pairs(
     ]
     sources = ["render/degraded" if d else "render" for d in degraded]
     units = [np.arange(renders)]
+    next_unit = renders
     for k, (folder, count) in enumerate(base):
         chosen = [specs[i] for i in rng.integers(len(specs), size=count // group_size)]
         config, bundle = load_base_model(folder)
@@ -274,8 +275,8 @@ def labelled_pairs(
         )
         image_specs += [s for s in chosen for _ in range(group_size)]
         sources += [folder.rstrip("/").split("/")[-1]] * (len(chosen) * group_size)
-        first = units[-1].max() + 1 if len(units[-1]) else 0
-        units.append(np.repeat(np.arange(first, first + len(chosen)), group_size))
+        units.append(np.repeat(np.arange(next_unit, next_unit + len(chosen)), group_size))
+        next_unit += len(chosen)
     all_images = np.concatenate(images).astype(np.float32)
     n = len(image_specs)
     near = [near_miss(s, specs, rng) for s in image_specs]
@@ -353,12 +354,10 @@ def report(pred: np.ndarray, pairs: LabelledPairs) -> dict[str, Any]:
     members = pairs.groups()
     if members.size:
         group_source = pairs.source[members[:, 0]]
-        out["within_groups"] = {
-            source: within_groups(
-                pred[members[group_source == source]], pairs.partial[members[group_source == source]]
-            )
-            for source in sorted(set(group_source.tolist()))
-        }
+        out["within_groups"] = {}
+        for source in sorted(set(group_source.tolist())):
+            chosen = members[group_source == source]
+            out["within_groups"][source] = within_groups(pred[chosen], pairs.partial[chosen])
     return out
 
 
