@@ -164,6 +164,9 @@ class TrainConfig:
     """The RL loop: ``prompts_per_step`` prompts x ``group_size`` samples per step.
 
     Samples are split into optimizer updates of ``micro_batch_size x grad_accum_steps`` samples each.
+    ``checkpoint_every`` N steps (and at the end) the train state is saved for resuming; ``export_every`` N
+    steps (and at the end) the policy is written as a base-model checkpoint,
+    ``output_dir/policy/step_<n>`` (project base models only: :func:`slas_jax.pipelines.pretrained.export_policy`).
     """
 
     num_steps: int = 20
@@ -174,6 +177,7 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 1
     checkpoint_every: int = 0
+    export_every: int = 0
     output_dir: str = "runs/default"
 
     def validate(self, name: str) -> None:
@@ -185,6 +189,11 @@ class TrainConfig:
             f"must be >= 2 (group-relative advantages need at least two samples per prompt), got {self.group_size}",
         )
         require(self.micro_batch_size >= 1, f"{name}.micro_batch_size", "must be >= 1")
+        require(
+            self.checkpoint_every >= 0 and self.export_every >= 0,
+            f"{name}.checkpoint_every",
+            "checkpoint_every and export_every must be >= 0 (0: never)",
+        )
         require(self.grad_accum_steps >= 1, f"{name}.grad_accum_steps", "must be >= 1")
         samples = self.prompts_per_step * self.group_size
         per_update = self.micro_batch_size * self.grad_accum_steps
@@ -300,6 +309,12 @@ class Config:
             "sampler.name",
             f"{self.sampler.name!r} does not fit model.family={self.model.family!r}; use ddim with unet, "
             "flow_sde or dance_flow with flux",
+        )
+        require(
+            not self.train.export_every or bool(self.model.init_checkpoint),
+            "train.export_every",
+            "exports the policy as a base-model checkpoint, so it needs model.init_checkpoint (a project base "
+            "model written by `python -m slas_jax.pretrain`)",
         )
 
 

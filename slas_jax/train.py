@@ -27,6 +27,7 @@ from slas_jax.evaluate import Evaluator, save_curves, write_summary
 from slas_jax.metrics import MetricsWriter, to_python
 from slas_jax.models.convert import ConversionError
 from slas_jax.pipelines import build_pipeline
+from slas_jax.pipelines.pretrained import export_policy
 from slas_jax.rewards import build_reward
 
 FLAGS = flags.FlagValues()
@@ -191,6 +192,14 @@ def run(config: Config) -> list[dict[str, float]]:
         bar.set_postfix(postfix)
         if checkpointer is not None and (last or stop.raised or (step + 1) % tc.checkpoint_every == 0):
             checkpointer.save(state, {"step": step + 1})
+        if tc.export_every and (last or stop.raised or (step + 1) % tc.export_every == 0):
+            export_policy(
+                out_dir / "policy" / f"step_{step + 1}",
+                config,
+                state.params,
+                state.frozen,
+                {"step": step + 1, "method": config.advantage.method, "reward": config.reward.name},
+            )
         if stop.raised:
             tqdm.write(f"stopped by signal after step {step + 1}; rerun the same command to resume")
             break

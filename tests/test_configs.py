@@ -81,3 +81,13 @@ def test_shapes_demo_trains_every_transition_between_the_noise_only_first_steps_
         exclude_last=loss.exclude_last_steps,
     )
     assert {tuple(sorted(row)) for row in np.asarray(index).tolist()} == {(3, 4, 5, 6)}
+
+
+def test_exporting_the_policy_needs_a_project_base_model():
+    config = get_config("brightness_cpu.py")
+    config.train.export_every = 5
+    with pytest.raises(ConfigError, match=r"train\.export_every: .*needs model\.init_checkpoint"):
+        load_config(config)
+    config = get_config("shapes_cpu.py")
+    config.train.export_every = 5
+    assert load_config(config).train.export_every == 5

@@ -6,13 +6,20 @@ import dataclasses
 import runpy
 from pathlib import Path
 
+import jax
 import pytest
 from cli_runner import one_line_error, run_module
 
 from slas_jax import pretrain
 from slas_jax.models.convert import ConversionError
 from slas_jax.pipelines import build_pipeline
-from slas_jax.pipelines.pretrained import load_base_model, params_hash, read_metadata, restore_pretrained
+from slas_jax.pipelines.pretrained import (
+    export_policy,
+    load_base_model,
+    params_hash,
+    read_metadata,
+    restore_pretrained,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 1}
@@ -117,6 +124,45 @@ def test_architecture_mismatch_and_missing_folder_name_the_regenerate_command(sm
         restore_pretrained(bundle, pc.output_dir)
     with pytest.raises(FileNotFoundError, match=f"is missing.*shapes_pretrain_{kind}.py"):
         restore_pretrained(bundle, tmp_path / "nowhere")
+
+
+def test_exported_policy_loads_as_a_base_model_with_its_origin(smoke_run, tmp_path):
+    config, pc, metadata = smoke_run
+    base_config, bundle = load_base_model(pc.output_dir)
+    trained = jax.tree.map(lambda x: x + 1, bundle.params)
+    digest = export_policy(tmp_path / "policy", base_config, trained, bundle.frozen, {"step": 3})
+    policy_config, policy = load_base_model(tmp_path / "policy")
+    assert params_hash({"backbone": policy.params, "text": policy.frozen["text"]}) == digest
+    assert digest != metadata["params_sha256"]
+    assert policy_config.model == dataclasses.replace(base_config.model, init_checkpoint=str(tmp_path / "policy"))
+    assert policy_config.sampler == base_config.sampler
+    assert read_metadata(tmp_path / "policy", "")["rl"] == {"step": 3, "init_checkpoint": str(pc.output_dir)}
+    with pytest.raises(ConversionError, match="needs a project base model"):
+        export_policy(tmp_path / "random", config, bundle.params, bundle.frozen, {})
+
+
+def test_rl_run_exports_its_policy_every_n_steps(smoke_run, tmp_path):
+    from slas_jax.config import load_config
+    from slas_jax.train import run
+
+    config, pc, metadata = smoke_run
+    if config.model.family != "flux":
+        pytest.skip("one family suffices")
+    values = runpy.run_path(str(ROOT / "configs" / "shapes_cpu.py"))["get_config"]()
+    values.model = pretrain.json_ready(dataclasses.replace(config.model, init_checkpoint=pc.output_dir))
+    values.sampler = pretrain.json_ready(config.sampler)
+    values.loss.exclude_first_steps = 0
+    values.train.update(num_steps=2, prompts_per_step=2, group_size=2, micro_batch_size=4, export_every=1)
+    values.train.output_dir = str(tmp_path / "run")
+    values.eval.scorer = ""
+    values.reward.name, values.reward.options = "shapes", {"kind": "partial"}
+    values.data.options.data_dir = str(tmp_path / "tfds")
+    run(load_config(values))
+    hashes = [read_metadata(tmp_path / "run" / "policy" / f"step_{n}", "")["params_sha256"] for n in (1, 2)]
+    assert sorted(p.name for p in (tmp_path / "run" / "policy").iterdir()) == ["step_1", "step_2"]
+    assert len({metadata["params_sha256"], *hashes}) == 3
+    _, policy = load_base_model(tmp_path / "run" / "policy" / "step_2")
+    assert params_hash({"backbone": policy.params, "text": policy.frozen["text"]}) == hashes[1]
 
 
 @pytest.mark.parametrize("name", ["flow", "unet"])

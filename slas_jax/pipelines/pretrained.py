@@ -156,3 +156,30 @@ def load_base_model(folder: str | Path) -> tuple[Config, PipelineBundle]:
         {"model": {**metadata["model"], "init_checkpoint": str(folder)}, "sampler": metadata["sampler"]}
     )
     return config, build_pipeline(config, metadata["vocabulary"])
+
+
+def export_policy(
+    folder: str | Path, config: Config, params: Any, frozen: Mapping[str, Any], info: Mapping[str, Any]
+) -> str:
+    """Writes an RL-trained policy as a base-model checkpoint (the layout :func:`load_base_model` reads and
+    ``model.init_checkpoint`` accepts): ``params`` (the backbone) and ``frozen["text"]`` under the metadata
+    of ``config.model.init_checkpoint`` (architecture, sampler, vocabulary), plus ``info`` (how it was
+    trained) as ``metadata["rl"]``. Returns the parameter hash. Gathers every leaf to this host, so it
+    suits models that fit one host's memory (the project's pixel-space base models)."""
+    source = config.model.init_checkpoint
+    if not source or "text" not in frozen:
+        raise ConversionError(
+            "exporting a policy needs a project base model (model.init_checkpoint, written by "
+            "`python -m slas_jax.pretrain`) and its single text encoder"
+        )
+    base = read_metadata(source, REGENERATE_ANY)
+    groups = {"backbone": jax.device_get(params), "text": jax.device_get(frozen["text"])}
+    digest = params_hash(groups)
+    metadata = {
+        **{k: base[k] for k in ("kind", "family", "model", "sampler", "vocabulary")},
+        "rl": {**info, "init_checkpoint": str(source)},
+        "num_params": {k: int(sum(np.size(x) for x in jax.tree.leaves(v))) for k, v in groups.items()},
+        "params_sha256": digest,
+    }
+    save_checkpoint(folder, groups, metadata)
+    return digest
