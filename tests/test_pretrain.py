@@ -134,7 +134,9 @@ def test_exported_policy_loads_as_a_base_model_with_its_origin(smoke_run, tmp_pa
     policy_config, policy = load_base_model(tmp_path / "policy")
     assert params_hash({"backbone": policy.params, "text": policy.frozen["text"]}) == digest
     assert digest != metadata["params_sha256"]
-    assert policy_config.model == dataclasses.replace(base_config.model, init_checkpoint=str(tmp_path / "policy"))
+    assert policy_config.model == dataclasses.replace(
+        base_config.model, init_checkpoint=str(tmp_path / "policy")
+    )
     assert policy_config.sampler == base_config.sampler
     assert read_metadata(tmp_path / "policy", "")["rl"] == {"step": 3, "init_checkpoint": str(pc.output_dir)}
     with pytest.raises(ConversionError, match="needs a project base model"):
