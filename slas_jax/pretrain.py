@@ -47,7 +47,7 @@ from slas_jax.config import Config, ConfigError, from_mapping, load_config, requ
 from slas_jax.data.shapes import TAGS, VOCABULARY, PromptSpec, render, split_specs
 from slas_jax.grpo import make_generate
 from slas_jax.pipelines import PipelineBundle, build_pipeline
-from slas_jax.pipelines.pretrained import params_hash, save_checkpoint
+from slas_jax.pipelines.pretrained import count_params, params_hash, save_checkpoint
 from slas_jax.rewards.shapes import score_batch
 from slas_jax.samplers.flow import time_shift
 from slas_jax.train import USER_ERRORS, read_config_flag
@@ -432,7 +432,7 @@ def run(config: Config, pc: PretrainConfig, *, command: str = "", progress: bool
         "sampler": json_ready(config.sampler),
         "pretrain": json_ready(pc),
         "vocabulary": list(VOCABULARY),
-        "num_params": {k: int(sum(np.size(x) for x in jax.tree.leaves(v))) for k, v in trainable.items()},
+        "num_params": {k: count_params(v) for k, v in trainable.items()},
         "params_sha256": params_hash(trainable),
         "eval": evaluation,
         "loss": [[s, round(v, 5)] for s, v in losses],

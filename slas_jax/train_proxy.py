@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from slas_jax.config import from_mapping, require
 from slas_jax.data.shapes import IMAGE_SIZE, MAX_TOKENS, VOCABULARY, PromptSpec, render, split_specs
-from slas_jax.pipelines.pretrained import load_base_model, params_hash, save_checkpoint
+from slas_jax.pipelines.pretrained import count_params, load_base_model, params_hash, save_checkpoint
 from slas_jax.pretrain import generate_images, json_ready, software, warmup_cosine_adamw
 from slas_jax.rewards.proxy import build_proxy, proxy_scores
 from slas_jax.rewards.shapes import score_batch
@@ -479,7 +479,7 @@ def run(config: ProxyConfig, *, command: str = "", progress: bool = True) -> dic
         "image_size": IMAGE_SIZE,
         "model_seed": config.model_seed,
         "config": json_ready(config),
-        "num_params": int(sum(np.size(x) for x in jax.tree.leaves(params))),
+        "num_params": count_params(params),
         "params_sha256": params_hash({"proxy": params}),
         "sample": {
             "training_pairs": len(training.prompts),

@@ -49,6 +49,11 @@ def flatten(groups: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def count_params(tree: Any) -> int:
+    """The number of scalars in a pytree of arrays."""
+    return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
+
+
 def params_hash(groups: Mapping[str, Any]) -> str:
     """sha256 (hex) over the sorted flattened parameters: each key, dtype, shape and raw bytes. Two runs that
     produce bit-identical parameters give the same hash."""
@@ -178,7 +183,7 @@ def export_policy(
     metadata = {
         **{k: base[k] for k in ("kind", "family", "model", "sampler", "vocabulary")},
         "rl": {**info, "init_checkpoint": str(source)},
-        "num_params": {k: int(sum(np.size(x) for x in jax.tree.leaves(v))) for k, v in groups.items()},
+        "num_params": {k: count_params(v) for k, v in groups.items()},
         "params_sha256": digest,
     }
     save_checkpoint(folder, groups, metadata)
