@@ -110,6 +110,12 @@ def parse_config(argv: list[str]) -> Config:
     return load_config(read_config_flag(argv, FLAGS, _CONFIG, "configs/<name>.py"))
 
 
+def save_due(step: int, every: int, final: bool) -> bool:
+    """Whether something saved every ``every`` steps (0: never) is saved after ``step`` (0-based); ``final``:
+    the run ends after it (last step or a stop signal), which always saves."""
+    return every > 0 and (final or (step + 1) % every == 0)
+
+
 def run(config: Config) -> list[dict[str, float]]:
     """Trains for ``config.train.num_steps`` steps; returns the logged metrics (also in metrics.jsonl)."""
     tc = config.train
@@ -190,9 +196,10 @@ def run(config: Config) -> list[dict[str, float]]:
         if "truth/strict" in record:
             postfix["truth"] = f"{record['truth/strict']:.2f}"
         bar.set_postfix(postfix)
-        if checkpointer is not None and (last or stop.raised or (step + 1) % tc.checkpoint_every == 0):
+        final = last or stop.raised
+        if checkpointer is not None and save_due(step, tc.checkpoint_every, final):
             checkpointer.save(state, {"step": step + 1})
-        if tc.export_every and (last or stop.raised or (step + 1) % tc.export_every == 0):
+        if save_due(step, tc.export_every, final):
             export_policy(
                 out_dir / "policy" / f"step_{step + 1}",
                 config,
