@@ -8,6 +8,7 @@ Unknown keys, wrong types and bad values raise :class:`ConfigError` with one lin
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -144,7 +145,13 @@ class LossConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class OptimConfig:
-    """AdamW with global-norm gradient clipping."""
+    """AdamW with global-norm gradient clipping.
+
+    trainable: regular expressions over the backbone's dotted parameter paths (``slas_jax.param_paths``,
+    e.g. ``"attn.(to|add)_"``); when given, only matching parameters are updated and the others keep
+    their pretrained values, the way Flow-GRPO and DanceGRPO put LoRA adapters on the attention projections
+    only (empty: every parameter trains).
+    """
 
     learning_rate: float = 1e-5
     weight_decay: float = 1e-4
@@ -152,11 +159,19 @@ class OptimConfig:
     b2: float = 0.999
     eps: float = 1e-8
     grad_clip: float = 1.0
+    trainable: tuple[str, ...] = ()
 
     def validate(self, name: str) -> None:
         require(self.learning_rate > 0, f"{name}.learning_rate", "must be > 0")
         require(self.weight_decay >= 0, f"{name}.weight_decay", "must be >= 0")
         require(self.grad_clip > 0, f"{name}.grad_clip", "must be > 0")
+        for pattern in self.trainable:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ConfigError(
+                    f"config.{name}.trainable: {pattern!r} is not a regular expression ({e})"
+                ) from None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,6 +9,7 @@ timestep at a time (the memory profile DanceGRPO uses for large backbones), then
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from slas_jax import parallel
+from slas_jax import parallel, param_paths
 from slas_jax.advantages import compute_advantages_with_stats
 from slas_jax.config import Config, require
 from slas_jax.losses import Transitions, policy_loss, select_timesteps
@@ -63,11 +64,25 @@ class TrainState:
 
 
 def make_optimizer(config: Config) -> optax.GradientTransformation:
-    """AdamW behind global-norm clipping, as DanceGRPO's torch.nn.utils.clip_grad_norm_ + AdamW."""
+    """AdamW behind global-norm clipping, as DanceGRPO's torch.nn.utils.clip_grad_norm_ + AdamW. With
+    ``optim.trainable`` the gradients of the other parameters are zeroed before clipping and weight decay
+    skips them, so they stay exactly at their pretrained values (their AdamW moments stay zero; the state
+    keeps the parameters' structure, so sharding and checkpoints do not change)."""
     o = config.optim
+    adamw = functools.partial(optax.adamw, o.learning_rate, b1=o.b1, b2=o.b2, eps=o.eps)
+    if not o.trainable:
+        return optax.chain(optax.clip_by_global_norm(o.grad_clip), adamw(weight_decay=o.weight_decay))
+
+    def trainable(params: Any) -> Any:
+        return param_paths.select(params, o.trainable, "optim.trainable")
+
+    def frozen(params: Any) -> Any:
+        return jax.tree.map(lambda hit: not hit, trainable(params))
+
     return optax.chain(
+        optax.masked(optax.set_to_zero(), frozen),
         optax.clip_by_global_norm(o.grad_clip),
-        optax.adamw(o.learning_rate, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay),
+        adamw(weight_decay=o.weight_decay, mask=trainable),
     )
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import platform
-import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -43,9 +42,10 @@ from absl import flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from slas_jax.config import Config, ConfigError, from_mapping, load_config, require
+from slas_jax.config import Config, from_mapping, load_config, require
 from slas_jax.data.shapes import TAGS, VOCABULARY, PromptSpec, render, split_specs
 from slas_jax.grpo import make_generate
+from slas_jax.param_paths import select
 from slas_jax.pipelines import PipelineBundle, build_pipeline
 from slas_jax.pipelines.pretrained import count_params, params_hash, save_checkpoint
 from slas_jax.rewards.shapes import score_batch
@@ -214,20 +214,9 @@ def make_loss(bundle: PipelineBundle, config: Config, pc: PretrainConfig) -> Cal
 
 def zero_init(params: Any, patterns: Sequence[str]) -> Any:
     """``params`` with every leaf whose dotted path matches one of ``patterns`` (``re.search``) set to zeros;
-    ConfigError when a pattern matches nothing (a typo would otherwise pass silently)."""
-    compiled = [re.compile(p) for p in patterns]
-    used: set[str] = set()
-
-    def reset(path: tuple[Any, ...], leaf: jax.Array) -> jax.Array:
-        key = jax.tree_util.keystr(path, simple=True, separator=".")
-        hits = {c.pattern for c in compiled if c.search(key)}
-        used.update(hits)
-        return jnp.zeros_like(leaf) if hits else leaf
-
-    out = jax.tree_util.tree_map_with_path(reset, params)
-    if unused := [p for p in patterns if p not in used]:
-        raise ConfigError(f"config.pretrain.zero_init: {unused[0]!r} matches no backbone parameter")
-    return out
+    ConfigError when a pattern matches nothing (:func:`slas_jax.param_paths.select`)."""
+    mask = select(params, patterns, "pretrain.zero_init")
+    return jax.tree.map(lambda leaf, hit: jnp.zeros_like(leaf) if hit else leaf, params, mask)
 
 
 def warmup_cosine_adamw(

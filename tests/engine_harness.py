@@ -58,6 +58,7 @@ def run_step(overrides, *, devices=1, tx=None, reward=brightness, prompts=2, key
             },
             "loss": {"timestep_fraction": 0.5, **overrides.get("loss", {})},
             "sampler": {"num_steps": 6},
+            "optim": overrides.get("optim", {}),
         }
     )
     tx = tx or grpo.make_optimizer(config)

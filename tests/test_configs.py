@@ -91,3 +91,8 @@ def test_exporting_the_policy_needs_a_project_base_model():
     config = get_config("shapes_cpu.py")
     config.train.export_every = 5
     assert load_config(config).train.export_every == 5
+
+
+def test_a_trainable_pattern_that_is_not_a_regular_expression_is_refused():
+    with pytest.raises(ConfigError, match=r"config.optim.trainable: '\(attn' is not a regular expression"):
+        load_config({"optim": {"trainable": ("(attn",)}})

@@ -8,6 +8,8 @@ import optax
 import pytest
 from engine_harness import MESH_TEST_OVERRIDES, PARAMS, flat, run_step
 
+from slas_jax.config import ConfigError
+
 
 def test_first_inner_update_has_ratio_one():
     _, metrics = run_step({"train": {"micro_batch_size": 2}})
@@ -41,6 +43,24 @@ def test_all_equal_rewards_give_zero_policy_gradient():
     )
     assert float(metrics["grad_norm"]) == 0.0
     np.testing.assert_array_equal(flat(state.params), flat(PARAMS))
+
+
+def test_only_the_trainable_parameters_move():
+    """optim.trainable (LoRA-style partial fine-tuning): the other parameters keep their values exactly,
+    also on a mesh (the optimizer state keeps the parameters' structure and shardings)."""
+    state, _ = run_step({"optim": {"trainable": ("conv_out",), "learning_rate": 1e-2}}, devices=2, steps=2)
+    before_leaves = jax.tree_util.tree_flatten_with_path(PARAMS)[0]
+    for (path, before), after in zip(before_leaves, jax.tree.leaves(state.params), strict=True):
+        after = np.asarray(after)
+        if "conv_out" in jax.tree_util.keystr(path):
+            assert np.abs(after - np.asarray(before)).max() > 1e-5, "a trainable parameter must move"
+        else:
+            np.testing.assert_array_equal(after, np.asarray(before))
+
+
+def test_trainable_pattern_that_matches_nothing_is_refused():
+    with pytest.raises(ConfigError, match=r"config.optim.trainable: 'nope' matches no backbone parameter"):
+        run_step({"optim": {"trainable": ("nope",)}})
 
 
 @pytest.mark.parametrize("devices", [2, 8])
