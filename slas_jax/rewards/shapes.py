@@ -208,6 +208,9 @@ def fit_shape(coverage: np.ndarray) -> tuple[str, float, Box]:
     return shape, error, box
 
 
+SCORE_CHUNK = 4096
+
+
 def detect_batch(images: np.ndarray) -> list[list[DetectedObject]]:
     """images: (n, h, w, 3) float32 in [0, 1]. Returns the detected objects of each image, largest first."""
     images = np.asarray(images, np.float32)
@@ -291,13 +294,17 @@ def score(image: np.ndarray, metadata: PromptSpec | Mapping[str, Any]) -> tuple[
 
 
 def score_batch(
-    images: np.ndarray, metadata: Sequence[PromptSpec | Mapping[str, Any]]
+    images: np.ndarray, metadata: Sequence[PromptSpec | Mapping[str, Any]], chunk: int = SCORE_CHUNK
 ) -> tuple[np.ndarray, np.ndarray]:
     """images: (n, h, w, 3) float32 in [0, 1]; one metadata per image. Returns strict (n,) and partial (n,)
-    float32."""
+    float32. Detection runs ``chunk`` images at a time: its per-pixel intermediates grow with the batch
+    (the proxy's labelled sample of ~110k pairs needed more than 24 GB in one go)."""
     if len(metadata) != len(images):
         raise ValueError(f"got {len(images)} images but {len(metadata)} metadata entries")
-    results = [evaluate(o, _as_spec(m)) for o, m in zip(detect_batch(images), metadata, strict=True)]
+    detected = [
+        o for start in range(0, len(images), chunk) for o in detect_batch(images[start : start + chunk])
+    ]
+    results = [evaluate(o, _as_spec(m)) for o, m in zip(detected, metadata, strict=True)]
     strict, partial = np.asarray(results, np.float32).reshape(-1, 2).T
     return strict, partial
 

@@ -121,6 +121,16 @@ def test_noise_and_blur_keep_scores_exact(rendered, noise, blur):
     assert strict.mean() == 1.0 and partial.mean() == 1.0, failed
 
 
+def test_scoring_in_chunks_gives_the_scores_of_one_batch(rendered):
+    """Large labelled samples are scored a chunk at a time (one batch of ~110k pairs ran out of 24 GB)."""
+    specs, images, _ = rendered
+    wrong = [specs[(i + 1) % 300] for i in range(300)]
+    whole = reward.score_batch(images[:300], wrong, chunk=300)
+    chunked = reward.score_batch(images[:300], wrong, chunk=7)
+    np.testing.assert_array_equal(chunked, whole)
+    assert 0 < whole[1].mean() < 1, "the sample must mix right and wrong"
+
+
 def test_noise_specks_are_ignored():
     spec = shapes.split_specs("train")[40]
     image = shapes.render_batch([spec], seed=5)[0]
