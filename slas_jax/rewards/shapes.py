@@ -208,7 +208,7 @@ def fit_shape(coverage: np.ndarray) -> tuple[str, float, Box]:
     return shape, error, box
 
 
-SCORE_CHUNK = 4096
+DETECT_CHUNK = 4096
 
 
 def detect_batch(images: np.ndarray) -> list[list[DetectedObject]]:
@@ -294,7 +294,7 @@ def score(image: np.ndarray, metadata: PromptSpec | Mapping[str, Any]) -> tuple[
 
 
 def score_batch(
-    images: np.ndarray, metadata: Sequence[PromptSpec | Mapping[str, Any]], chunk: int = SCORE_CHUNK
+    images: np.ndarray, metadata: Sequence[PromptSpec | Mapping[str, Any]], chunk: int = DETECT_CHUNK
 ) -> tuple[np.ndarray, np.ndarray]:
     """images: (n, h, w, 3) float32 in [0, 1]; one metadata per image. Returns strict (n,) and partial (n,)
     float32. Detection runs ``chunk`` images at a time: its per-pixel intermediates grow with the batch
