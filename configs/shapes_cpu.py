@@ -68,13 +68,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.loss.kl_beta = 0.04
     c.advantage.method = chosen["method"]
     c.loss.clip_range = 0.05
-    # Train the transitions whose noise decides the image. On the 3,000-step base model (32 training prompts x 8
-    # samples, noise drawn per sample from step k on and shared within a group before it) the within-group
-    # variance of the partial score is 0.051 with noise from step 0, 0.048 from step 3, 0.041 / 0.027 / 0.020
-    # from steps 4 / 5 / 6: steps 0-2 add nothing, so their log-prob gradients are pure noise. The flow base
-    # decodes its last clean estimate, which the last transition never reaches. With the ground truth as
-    # reward (30 steps, 128 training prompts x 4, paired) the partial score went 0.257 -> 0.283 training
-    # steps 3-6, 0.257 -> 0.275 training 4 random steps of 0-6.
+    # Train the transitions whose noise decides the image. On the 3,000-step base model (32 training
+    # prompts x 8 samples, noise drawn per sample from step k on and shared within a group before it) the
+    # within-group variance of the partial score is 0.051 with noise from step 0, 0.048 from step 3, 0.041 /
+    # 0.027 / 0.020 from steps 4 / 5 / 6: steps 0-2 add nothing, so their log-prob gradients are pure noise.
+    # The flow base decodes its last clean estimate, which the last transition never reaches. With the
+    # ground truth as reward (30 steps, 128 training prompts x 4, paired) the partial score went 0.257 ->
+    # 0.283 training steps 3-6, 0.257 -> 0.275 training 4 random steps of 0-6.
     c.loss.exclude_first_steps = 3
     c.loss.exclude_last_steps = 1
     c.loss.timestep_fraction = 1.0
