@@ -215,6 +215,10 @@ def scan_blocks(stack: nnx.Module, carry: Any, *broadcast: Any, remat: bool) -> 
     return jax.lax.scan(body, carry, state)[0]
 
 
+ATTENTION_CHUNK_BYTES = 1 << 21
+"""On CPU, the float32 attention logits of one batch chunk stay under this size (about an L2 cache)."""
+
+
 def attention(
     q: jax.Array, k: jax.Array, v: jax.Array, *, mask: jax.Array | None = None, bias: jax.Array | None = None
 ) -> jax.Array:
@@ -223,7 +227,45 @@ def attention(
     q: (batch, q_len, heads, head_dim), k/v: (batch, kv_len, heads, head_dim); mask broadcastable to
     (batch, heads, q_len, kv_len), True where attention is allowed; bias added to the logits.
     Returns (batch, q_len, heads, head_dim) in q's dtype; softmax runs in float32.
+
+    On CPU the batch runs in chunks whose logits fit ``ATTENTION_CHUNK_BYTES``, each chunk rematerialised in
+    the backward pass: XLA:CPU otherwise writes the whole (batch, heads, q_len, kv_len) logits to memory and
+    runs the batched small matmuls far below peak (the shapes flow model's 272-token attention, 64 images:
+    forward 180 -> 50 ms, gradient 330 -> 140 ms). The arithmetic of each element is the same.
     """
+    b = q.shape[0]
+    chunk = _cpu_batch_chunk(b, 4 * q.shape[1] * q.shape[2] * k.shape[1])
+    if chunk == b:
+        return _attention(q, k, v, mask, bias)
+    chunked = {"q": q, "k": k, "v": v}
+    fixed = {}
+    for name, extra in (("mask", mask), ("bias", bias)):
+        if extra is not None and extra.ndim == 4 and extra.shape[0] == b:
+            chunked[name] = extra
+        else:
+            fixed[name] = extra
+
+    def one_chunk(t: dict[str, jax.Array]) -> jax.Array:
+        merged = {**fixed, **t}
+        return _attention(merged["q"], merged["k"], merged["v"], merged.get("mask"), merged.get("bias"))
+
+    split = {n: a.reshape(b // chunk, chunk, *a.shape[1:]) for n, a in chunked.items()}
+    out = jax.lax.map(jax.checkpoint(one_chunk), split)
+    return out.reshape(b, *out.shape[2:])
+
+
+def _cpu_batch_chunk(batch: int, logits_bytes_per_row: int) -> int:
+    """The batch chunk :func:`attention` runs at once: the whole batch off CPU, else the largest divisor of
+    ``batch`` whose logits fit ``ATTENTION_CHUNK_BYTES`` (at least 1)."""
+    if jax.default_backend() != "cpu":
+        return batch
+    fits = max(1, ATTENTION_CHUNK_BYTES // logits_bytes_per_row)
+    return max(d for d in range(1, min(batch, fits) + 1) if batch % d == 0)
+
+
+def _attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, bias: jax.Array | None
+) -> jax.Array:
     scale = q.shape[-1] ** -0.5
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
     if bias is not None:
