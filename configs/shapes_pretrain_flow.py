@@ -1,7 +1,7 @@
 """Pretraining of the shapes testbed's flow base model: the FLUX transformer class (pixel space, 2x2 pixel
 patches as tokens, 2 double- + 2 single-stream blocks, 4 heads of 32, width 128) with its tiny CLIP text
 encoder, trained by flow matching on renders of the training prompts, stopped early on purpose (imperfect
-base model: train strict 22.8%, partial 0.470; held-out strict 9.8%, partial 0.346; 38 min on 2 CPU cores).
+base model: train strict 22.6%, partial 0.466; held-out strict 8.9%, partial 0.335; 38 min alone on an earlier 2-core machine).
 6,000 steps, not 3,000 (train strict 8.2%, partial 0.251): the 3,000-step model drew blobs whose shape the
 ground truth could not tell, and every partial-credit term starts from the shape. On it the demo with the
 truth as reward stayed within noise (training prompts 32 x 4, partial 0.296 -> 0.307 after 30 steps); on
