@@ -1,7 +1,7 @@
 """The shapes testbed's learned proxy reward ("proxy"): the role HPS / PickScore play for real models.
 
-A tiny CLIP (``slas_jax.models.clip.CLIPModel``: a ViT image tower on 4x4-pixel patches and a text tower over
-the shapes grammar's word tokenizer) scores an (image, prompt) pair as
+A tiny CLIP (``slas_jax.models.clip.CLIPModel``: a ViT image tower on 4x4-pixel patches, optionally behind a
+convolutional stem, and a text tower over the shapes grammar's word tokenizer) scores an (image, prompt) pair as
 
     score = exp(logit_scale) * cosine(image embedding, text embedding) + bias,
 
@@ -19,6 +19,8 @@ The reward is a pure jittable function of (its parameters, images, the batch's `
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,12 +62,24 @@ class ProxyModel(nnx.Module):
     texture repeating with the patch grid: such a texture looks the same at every offset. What the random
     offset in training does is generalise: the within-prompt agreement with the truth on held-back flow
     groups rose from 0.19 to 0.28 with it (``configs/shapes_proxy.py``).
+
+    ``stem`` (channel widths, may be empty) puts 3x3 convolutions with GELU at full resolution in front of
+    the ViT's patch embedding (a hybrid ViT), so that each patch token sees edges and corners rather than
+    16 raw pixels.
     """
 
     def __init__(
-        self, text: clip.CLIPTextConfig, vision: clip.CLIPVisionConfig, *, phases: int = 1, rngs: nnx.Rngs
+        self,
+        text: clip.CLIPTextConfig,
+        vision: clip.CLIPVisionConfig,
+        *,
+        phases: int = 1,
+        stem: Sequence[int] = (),
+        rngs: nnx.Rngs,
     ):
-        self.clip = clip.CLIPModel(text, vision, rngs=rngs)
+        widths = (3, *stem)
+        self.stem = nnx.List([layers.conv(a, b, 3, rngs=rngs) for a, b in itertools.pairwise(widths)])
+        self.clip = clip.CLIPModel(text, dataclasses.replace(vision, num_channels=widths[-1]), rngs=rngs)
         self.phases = phases
         # The target is a score in [0, 1], not a contrastive logit: start from scale 1 and bias 0.5 rather
         # than CLIP's temperature of 1 / 0.07.
@@ -74,7 +88,10 @@ class ProxyModel(nnx.Module):
 
     def view(self, images: jax.Array, tokens: jax.Array) -> jax.Array:
         """One view's score: images (b, h, w, 3) float in [0, 1]; tokens (b, length) int32. (b,) float32."""
-        image = self.clip.get_image_features(images.astype(jnp.float32) * 2.0 - 1.0)
+        pixels = images.astype(jnp.float32) * 2.0 - 1.0
+        for conv in self.stem:
+            pixels = jax.nn.gelu(conv(pixels))
+        image = self.clip.get_image_features(pixels)
         text = self.clip.get_text_features(tokens)
         image = image / jnp.linalg.norm(image, axis=-1, keepdims=True)
         text = text / jnp.linalg.norm(text, axis=-1, keepdims=True)
@@ -100,8 +117,8 @@ def model_configs(
     architecture: Mapping[str, Any], tokenizer: WordTokenizer, image_size: int
 ) -> tuple[clip.CLIPTextConfig, clip.CLIPVisionConfig]:
     """The towers' configs: ``architecture`` {"text": CLIPTextConfig fields, "vision": CLIPVisionConfig
-    fields, "projection_dim": int, optionally "phases": int (:class:`ProxyModel`)}; the tokenizer fixes
-    vocabulary, length and eos, ``image_size`` the vision input."""
+    fields, "projection_dim": int, optionally "phases": int and "stem": widths (:class:`ProxyModel`)}; the
+    tokenizer fixes vocabulary, length and eos, ``image_size`` the vision input."""
     projection = architecture["projection_dim"]
     text = clip.CLIPTextConfig(
         **{
@@ -125,8 +142,14 @@ def build_proxy(
     """A randomly initialised proxy: (graph, params, tokenizer)."""
     tokenizer = WordTokenizer(vocabulary, max_length)
     text, vision = model_configs(architecture, tokenizer, image_size)
-    phases = architecture.get("phases", 1)
-    graph, params = nnx.split(ProxyModel(text, vision, phases=phases, rngs=nnx.Rngs(seed)))
+    model = ProxyModel(
+        text,
+        vision,
+        phases=architecture.get("phases", 1),
+        stem=architecture.get("stem", ()),
+        rngs=nnx.Rngs(seed),
+    )
+    graph, params = nnx.split(model)
     return graph, params, tokenizer
 
 

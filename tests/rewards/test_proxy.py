@@ -179,3 +179,17 @@ def test_scores_average_every_pixel_alignment_of_the_patch_grid():
     ]
     np.testing.assert_allclose(proxy_scores(graph, params, images, tokens), np.mean(views, axis=0), rtol=1e-5)
     assert np.ptp(np.stack(views), axis=0).min() > 0  # the views differ: the average is not one view
+
+
+def test_a_convolutional_stem_feeds_the_patch_embedding():
+    architecture = {**TINY["architecture"], "stem": (4, 6)}
+    graph, params, tokenizer = build_proxy(architecture, VOCABULARY, MAX_TOKENS, IMAGE_SIZE, seed=0)
+    assert params["stem"][0]["kernel"].shape == (3, 3, 3, 4)
+    assert params["stem"][1]["kernel"].shape == (3, 3, 4, 6)
+    assert params["clip"]["vision_model"]["embeddings"]["patch_embedding"]["kernel"].shape[2] == 6
+    images = np.random.default_rng(3).random((2, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.float32)
+    tokens = tokenizer(["a red circle", "two blue squares"])
+    scores = proxy_scores(graph, params, images, tokens)
+    assert scores.shape == (2,) and np.isfinite(scores).all()
+    params["stem"][0]["kernel"][...] = 2 * params["stem"][0]["kernel"][...]
+    assert not np.allclose(proxy_scores(graph, params, images, tokens), scores)
