@@ -19,10 +19,13 @@ def test_first_inner_update_has_ratio_one():
 
 def test_kl_is_zero_at_the_reference_and_grows_after():
     state, metrics = run_step({"train": {"micro_batch_size": 2}, "loss": {"kl_beta": 0.1}}, steps=2)
-    assert abs(float(metrics["first_kl"])) > 0.0
+    after_one_update = float(metrics["first_kl"])
+    assert after_one_update > 1e-6
     _, first = run_step({"train": {"micro_batch_size": 2}, "loss": {"kl_beta": 0.1}})
-    assert abs(float(first["first_kl"])) < 1e-10, (
-        "policy == reference must give KL 0 (up to float32 fusion noise)"
+    # The policy and the reference means come out of differently compiled computations, so float32 rounding
+    # leaves a KL of ~5e-10 on some CPUs (5e-4 after one update): zero up to that noise.
+    assert abs(float(first["first_kl"])) < 1e-5 * after_one_update, (
+        "policy == reference must give KL 0 (up to float32 rounding)"
     )
     assert state.ref_params is not None
 
