@@ -1,9 +1,9 @@
 """The shapes testbed's learned proxy reward ("proxy", the testbed's HPS): a tiny CLIP (two 3x3 convolutions
-at full resolution in front of a ViT on 4x4-pixel patches, a word-level text tower, width 64) whose scaled cosine plus bias regresses the ground-truth partial
-score on a limited labelled sample of the training prompts (renders, half of them blurred and noised, and
-base-model samples in groups of 8 per prompt; each image with its own prompt, a near miss and another prompt
-of its category). Needs checkpoints/shapes_flow and checkpoints/shapes_unet to exist. Most model samples
-come from the flow base, the demo's policy: RL ranks the policy's own samples, and HPS is likewise trained on
+at full resolution in front of a ViT on 4x4-pixel patches, a word-level text tower, width 64) whose scaled
+cosine plus bias regresses the ground-truth partial score on a limited labelled sample of the training
+prompts (renders, half of them blurred and noised, and base-model samples in groups of 8 per prompt; each
+image with its own prompt, a near miss and another prompt of its category). Needs checkpoints/shapes_flow
+and checkpoints/shapes_unet to exist. Most model samples come from the flow base, the demo's policy: RL ranks the policy's own samples, and HPS is likewise trained on
 generated images (with 1,536 flow samples the proxy's Pearson on held-back flow samples was 0.18; with 8,192
 it is 0.32).
 
@@ -29,7 +29,8 @@ sample (the chunked-attention base, 8,192 flow samples, everything else as here)
 prompts from 0.51 to 0.61; on 96 fresh groups sampled as the demo's RL samples them (one initial noise per
 group) the SLAS (gamma 1) advantage's Pearson with the group-centred truth rose from 0.37 to 0.49. Tripling
 the flow samples (24,576) without the stem gave 0.48 within held-back groups and 0.37 on the fresh groups:
-the model, not the data, was the limit. The stem costs training time: 686 s data, 1,347 s training (446 s without it).
+the model, not the data, was the limit. The stem costs training time: 686 s data, 1,347 s training (446 s
+without it).
 
 Regenerate the shipped checkpoint (bit for bit on the same machine and software; compare ``params_sha256`` in
 checkpoints/shapes_proxy/metadata.json):

@@ -64,9 +64,9 @@ class ProxyConfig:
     """The proxy's architecture, labelled sample and training.
 
     architecture: {"text": CLIPTextConfig fields, "vision": CLIPVisionConfig fields, "projection_dim",
-    optionally "phases" and "stem" (``slas_jax.rewards.proxy.ProxyModel``)}; model_seed: initialisation; renders /
-    degraded_fraction / max_blur / max_noise / base_checkpoints / base_samples / base_group_size: the
-    training sample (module docstring); validation_fraction: images (whole groups) held back for the
+    optionally "phases" and "stem" (``slas_jax.rewards.proxy.ProxyModel``)}; model_seed: initialisation;
+    renders / degraded_fraction / max_blur / max_noise / base_checkpoints / base_samples / base_group_size:
+    the training sample (module docstring); validation_fraction: images (whole groups) held back for the
     correlation report; ood_renders / ood_base_samples: the out-of-domain report set on held-out prompts
     (base samples from the first base checkpoint); steps, batch_size (pairs), learning_rate (AdamW peak after
     warmup_steps, cosine to 10%), weight_decay; rank_weight / group_batch: the within-group loss

@@ -1,7 +1,8 @@
 """The shapes testbed's learned proxy reward ("proxy"): the role HPS / PickScore play for real models.
 
-A tiny CLIP (``slas_jax.models.clip.CLIPModel``: a ViT image tower on 4x4-pixel patches, optionally behind a
-convolutional stem, and a text tower over the shapes grammar's word tokenizer) scores an (image, prompt) pair as
+A tiny CLIP (``slas_jax.models.clip.CLIPModel``: a ViT image tower on 4x4-pixel patches, optionally behind
+a convolutional stem, and a text tower over the shapes grammar's word tokenizer) scores an (image, prompt)
+pair as
 
     score = exp(logit_scale) * cosine(image embedding, text embedding) + bias,
 
