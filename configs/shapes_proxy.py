@@ -3,9 +3,9 @@ at full resolution in front of a ViT on 4x4-pixel patches, a word-level text tow
 cosine plus bias regresses the ground-truth partial score on a limited labelled sample of the training
 prompts (renders, half of them blurred and noised, and base-model samples in groups of 8 per prompt; each
 image with its own prompt, a near miss and another prompt of its category). Needs checkpoints/shapes_flow
-and checkpoints/shapes_unet to exist. Most model samples come from the flow base, the demo's policy: RL ranks the policy's own samples, and HPS is likewise trained on
-generated images (with 1,536 flow samples the proxy's Pearson on held-back flow samples was 0.18; with 8,192
-it is 0.32).
+and checkpoints/shapes_unet to exist. Most model samples come from the flow base, the demo's policy: RL
+ranks the policy's own samples, and HPS is likewise trained on generated images (with 1,536 flow samples the
+proxy's Pearson on held-back flow samples was 0.18; with 8,192 it is 0.32).
 
 What GRPO reads is the order of the samples of one prompt, and a proxy fitted to absolute scores alone got
 that order poorly: on 96 fresh flow groups of 8 its group-centred Pearson with the truth was 0.15. Measured
