@@ -70,7 +70,9 @@ class SamplerConfig:
     ``negative_prompt``;
     same_noise_in_group: all samples of a prompt start from the same noise (DanceGRPO's init_same_noise);
     decode: the image is decoded from the last sample ("sample": DDPO, Flow-GRPO) or from the model's
-    clean-sample estimate at the last step ("prediction": DanceGRPO).
+    clean-sample estimate at the last step ("prediction": DanceGRPO);
+    sde_window: (start, end) step indices: only steps [start, end) draw noise, the others take the
+    deterministic step (Flow-GRPO-Fast, MixGRPO). The loss must train inside it. None: every step draws.
     """
 
     name: Literal["ddim", "flow_sde", "dance_flow"] = "ddim"
@@ -83,12 +85,20 @@ class SamplerConfig:
     negative_prompt: str = ""
     same_noise_in_group: bool = False
     decode: Literal["sample", "prediction"] = "sample"
+    sde_window: tuple[int, int] | None = None
 
     def validate(self, name: str) -> None:
         require(self.num_steps >= 2, f"{name}.num_steps", f"must be >= 2, got {self.num_steps}")
         require(self.noise_level > 0, f"{name}.noise_level", "must be > 0 for a stochastic policy")
         require(self.shift > 0, f"{name}.shift", f"must be > 0, got {self.shift}")
         require(self.guidance_scale >= 1, f"{name}.guidance_scale", "must be >= 1 (1 disables CFG)")
+        if self.sde_window is not None:
+            start, end = self.sde_window
+            require(
+                0 <= start < end <= self.num_steps,
+                f"{name}.sde_window",
+                f"must be (start, end) with 0 <= start < end <= num_steps = {self.num_steps}, got {self.sde_window}",
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -317,6 +327,16 @@ class Config:
             "loss.exclude_last_steps",
             f"plus loss.exclude_first_steps must be < sampler.num_steps = {self.sampler.num_steps}",
         )
+        if self.sampler.sde_window is not None:
+            start, end = self.sampler.sde_window
+            trained = (self.loss.exclude_first_steps, self.sampler.num_steps - self.loss.exclude_last_steps)
+            require(
+                start <= trained[0] and trained[1] <= end,
+                "loss.exclude_first_steps",
+                f"trains steps [{trained[0]}, {trained[1]}) but only sampler.sde_window = [{start}, {end}) is "
+                f"stochastic; set loss.exclude_first_steps >= {start} and loss.exclude_last_steps >= "
+                f"{self.sampler.num_steps - end}",
+            )
         flow_model = self.model.family == "flux"
         flow_sampler = self.sampler.name in ("flow_sde", "dance_flow")
         require(
@@ -362,6 +382,13 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
     if annotation is str:
         require(isinstance(value, str), name, f"must be a string, got {value!r}")
         return value
+    if origin is tuple and Ellipsis not in args:
+        require(
+            isinstance(value, list | tuple) and len(value) == len(args),
+            name,
+            f"must be a tuple of {len(args)} values, got {value!r}",
+        )
+        return tuple(_coerce(v, a, name) for v, a in zip(value, args, strict=True))
     if origin is not None and issubclass(origin, Mapping):
         require(isinstance(value, Mapping), name, f"must be a mapping, got {value!r}")
         return types.MappingProxyType(dict(value))
@@ -405,7 +432,7 @@ def _default_value(value: Any, annotation: Any) -> Any:
     if isinstance(value, Mapping):
         return ml_collections.ConfigDict(dict(value))
     if value is None:
-        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+        inner = [typing.get_origin(a) or a for a in typing.get_args(annotation) if a is not type(None)]
         return ml_collections.config_dict.placeholder(inner[0] if inner else str)
     return value
 

@@ -85,7 +85,10 @@ def flow_sampler(
     else:
         sigmas = shifted_sigmas(sc.num_steps, sc.shift)
     return FlowSampler(
-        sigmas=sigmas, noise_level=sc.noise_level, form="flow_grpo" if sc.name == "flow_sde" else "dance"
+        sigmas=sigmas,
+        noise_level=sc.noise_level,
+        form="flow_grpo" if sc.name == "flow_sde" else "dance",
+        sde_window=sc.sde_window,
     )
 
 

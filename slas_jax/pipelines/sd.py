@@ -92,6 +92,7 @@ def scheduler_sampler(scheduler_config: dict[str, Any], config: Config) -> DDIMS
         eta=config.sampler.noise_level,
         final_alpha_cumprod=1.0 if scheduler_config.get("set_alpha_to_one", True) else float(alphas[0]),
         prediction_type=scheduler_config.get("prediction_type", "epsilon"),
+        sde_window=config.sampler.sde_window,
     )
 
 

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slas_jax.samplers.gaussian import gaussian_transition
+from slas_jax.samplers.gaussian import gaussian_transition, stochastic_level
 
 
 def scaled_linear_alphas_cumprod(
@@ -95,7 +95,9 @@ class DDIMSampler:
     """DDIM over a fixed step schedule, addressed by step index (0 = noisiest).
 
     alphas_cumprod: (num_train_timesteps,); timesteps / prev_timesteps: (num_steps,) int (see ddim_timesteps);
-    prediction_type: "epsilon" or "v_prediction" (the model output is converted to eps before the step).
+    prediction_type: "epsilon" or "v_prediction" (the model output is converted to eps before the step);
+    sde_window: the step indices [start, end) that draw noise, the others deterministic (eta 0, log_prob 0);
+    None: every step is stochastic.
     """
 
     alphas_cumprod: np.ndarray
@@ -104,6 +106,7 @@ class DDIMSampler:
     eta: float
     final_alpha_cumprod: float = 1.0
     prediction_type: str = "epsilon"
+    sde_window: tuple[int, int] | None = None
 
     @property
     def num_steps(self) -> int:
@@ -140,7 +143,7 @@ class DDIMSampler:
             jnp.asarray(self.prev_timesteps)[i],
             x,
             self.alphas_cumprod,
-            eta=self.eta,
+            eta=stochastic_level(self.eta, i, self.sde_window),
             key=key,
             prev_sample=prev_sample,
             final_alpha_cumprod=self.final_alpha_cumprod,

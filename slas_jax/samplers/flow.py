@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slas_jax.samplers.gaussian import gaussian_transition
+from slas_jax.samplers.gaussian import gaussian_transition, stochastic_level
 
 
 def time_shift(sigmas: np.ndarray, shift: float) -> np.ndarray:
@@ -119,12 +119,15 @@ class FlowSampler:
     """A flow-matching SDE over a fixed sigma schedule, addressed by step index (0 = noisiest).
 
     sigmas: (num_steps + 1,) from 1 to 0; form: "flow_grpo" (noise_level = a) or "dance" (noise_level = eta).
+    sde_window: the step indices [start, end) that draw noise; the others take the deterministic ODE step
+    (log_prob 0), as Flow-GRPO-Fast and MixGRPO do. None: every step is stochastic.
     The denoiser is conditioned on sigma itself (FLUX scales it by 1000 inside the model).
     """
 
     sigmas: np.ndarray
     noise_level: float
     form: str = "flow_grpo"
+    sde_window: tuple[int, int] | None = None
 
     @property
     def num_steps(self) -> int:
@@ -151,5 +154,6 @@ class FlowSampler:
         """The configured SDE step at index i; returns (x_next, log_prob, mean, std)."""
         sigmas = jnp.asarray(self.sigmas, jnp.float32)
         step = flow_sde_step if self.form == "flow_grpo" else dance_flow_step
-        level = {"noise_level": self.noise_level} if self.form == "flow_grpo" else {"eta": self.noise_level}
+        noise = stochastic_level(self.noise_level, i, self.sde_window)
+        level = {"noise_level": noise} if self.form == "flow_grpo" else {"eta": noise}
         return step(pred, sigmas[i], sigmas[i + 1], x, key=key, prev_sample=prev_sample, **level)

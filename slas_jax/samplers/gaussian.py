@@ -41,3 +41,15 @@ def gaussian_transition(
     log_density = jnp.where(std > 0, log_density, 0.0)
     log_prob = jnp.mean(log_density, axis=tuple(range(1, log_density.ndim)))
     return prev_sample, log_prob
+
+
+def stochastic_level(
+    noise_level: float, i: jax.Array, window: tuple[int, int] | None
+) -> float | jax.Array:
+    """The noise level at step index i (scalar or (batch,)): ``noise_level`` inside ``window`` = [start, end)
+    (everywhere when None), 0 outside it, where a step is deterministic."""
+    if window is None:
+        return noise_level
+    start, end = window
+    i = jnp.asarray(i)
+    return jnp.where((i >= start) & (i < end), jnp.float32(noise_level), jnp.float32(0.0))

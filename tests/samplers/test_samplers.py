@@ -1,5 +1,7 @@
 """Specification of the DDIM and flow-matching SDE steps: formulas, log-probs, re-scoring, ODE limits."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -200,3 +202,34 @@ def test_predict_x0_recovers_the_clean_sample():
     a = ALPHAS[ts[3]]
     x_t = np.sqrt(a) * x0 + np.sqrt(1 - a) * noise
     np.testing.assert_allclose(ddim.predict_x0(noise, 3, x_t), x0, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["flow", "ddim"])
+def test_an_sde_window_draws_noise_only_inside_it(kind):
+    """Flow-GRPO-Fast / MixGRPO: steps outside [start, end) take the deterministic step with log_prob 0;
+    steps inside are the unwindowed sampler's. Per-sample step indices 2, 3, 4, 5 with window (3, 5)."""
+    rng = np.random.default_rng(3)
+    x, pred = (rng.standard_normal((4, 4, 4, 2)).astype(np.float32) for _ in range(2))
+    if kind == "flow":
+        full = FlowSampler(sigmas=shifted_sigmas(8, 3.0), noise_level=0.7)
+        ode = dataclasses.replace(full, noise_level=0.0)
+    else:
+        ts, prev = ddim_timesteps(8, 1000, steps_offset=1)
+        full = DDIMSampler(alphas_cumprod=ALPHAS, timesteps=ts, prev_timesteps=prev, eta=1.0)
+        ode = dataclasses.replace(full, eta=0.0)
+    windowed = dataclasses.replace(full, sde_window=(3, 5))
+    index = jnp.array([2, 3, 4, 5])
+    inside, outside = [1, 2], [0, 3]
+
+    drawn, log_prob, _, std = map(np.asarray, windowed.step(pred, index, x, key=jax.random.key(0)))
+    redrawn = np.asarray(windowed.step(pred, index, x, key=jax.random.key(1))[0])
+    reference, reference_lp = map(np.asarray, full.step(pred, index, x, key=jax.random.key(0))[:2])
+    deterministic = np.asarray(ode.step(pred, index, x, key=jax.random.key(2))[0])
+
+    assert np.all(std[outside] == 0) and np.all(std[inside] > 0)
+    np.testing.assert_allclose(drawn[outside], deterministic[outside], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(drawn[outside], redrawn[outside])
+    np.testing.assert_array_equal(log_prob[outside], 0.0)
+    np.testing.assert_allclose(drawn[inside], reference[inside], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(log_prob[inside], reference_lp[inside], rtol=1e-6)
+    assert not np.allclose(drawn[inside], redrawn[inside])
