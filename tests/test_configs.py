@@ -101,7 +101,9 @@ def test_a_trainable_pattern_that_is_not_a_regular_expression_is_refused():
 def test_an_sde_window_must_fit_the_sampler_and_hold_every_trained_step():
     config = get_config("shapes_cpu.py")
     config.sampler.sde_window = (3, 9)
-    with pytest.raises(ConfigError, match=r"sampler\.sde_window: must be \(start, end\) with 0 <= start < end"):
+    with pytest.raises(
+        ConfigError, match=r"sampler\.sde_window: must be \(start, end\) with 0 <= start < end"
+    ):
         load_config(config)
     config.sampler.sde_window = [2, 4]
     config.loss.exclude_first_steps, config.loss.exclude_last_steps = 2, 3

@@ -43,9 +43,7 @@ def gaussian_transition(
     return prev_sample, log_prob
 
 
-def stochastic_level(
-    noise_level: float, i: jax.Array, window: tuple[int, int] | None
-) -> float | jax.Array:
+def stochastic_level(noise_level: float, i: jax.Array, window: tuple[int, int] | None) -> float | jax.Array:
     """The noise level at step index i (scalar or (batch,)): ``noise_level`` inside ``window`` = [start, end)
     (everywhere when None), 0 outside it, where a step is deterministic."""
     if window is None:
