@@ -1,6 +1,7 @@
 """The shipped config files: every one loads into a valid Config, and the shapes demo's variants select what
 they name."""
 
+import re
 import runpy
 from pathlib import Path
 
@@ -14,6 +15,14 @@ from slas_jax.losses import select_timesteps
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_CONFIGS = ["brightness_cpu.py", "sd_tpu.py", "flux_tpu.py", "shapes_cpu.py"]
+FLUX_PARAMETERS = [
+    "transformer_blocks.attn.to_q.kernel.value",
+    "single_transformer_blocks.proj_mlp.bias.value",
+    "proj_out.bias.value",
+    "norm_out.linear.kernel.value",
+    "x_embedder.kernel.value",
+    "time_text_embed.timestep_embedder.linear_1.bias.value",
+]
 
 
 def get_config(name: str, *args: str):
@@ -64,14 +73,16 @@ def test_decoding_the_last_clean_estimate_requires_the_last_transition_untrained
         config = load_config(get_config(name))
         assert config.sampler.decode == "prediction" and config.loss.exclude_last_steps >= 1, name
     config = get_config("shapes_cpu.py")
+    config.sampler.sde_window = None
     config.loss.exclude_last_steps = 0
     config = load_config(config)
     with pytest.raises(ConfigError, match=r"loss\.exclude_last_steps: must be >= 1 with sampler\.decode"):
         make_train_step(None, None, None, config)
 
 
-def test_shapes_demo_trains_every_transition_between_the_noise_only_first_steps_and_the_last():
-    loss = load_config(get_config("shapes_cpu.py")).loss
+def test_shapes_demo_draws_noise_at_the_transitions_it_trains_and_trains_only_the_transformer_blocks():
+    config = load_config(get_config("shapes_cpu.py"))
+    loss = config.loss
     index = select_timesteps(
         jax.random.PRNGKey(0),
         16,
@@ -80,7 +91,10 @@ def test_shapes_demo_trains_every_transition_between_the_noise_only_first_steps_
         exclude_first=loss.exclude_first_steps,
         exclude_last=loss.exclude_last_steps,
     )
-    assert {tuple(sorted(row)) for row in np.asarray(index).tolist()} == {(3, 4, 5, 6)}
+    assert {tuple(sorted(row)) for row in np.asarray(index).tolist()} == {(3, 4)}
+    assert config.sampler.sde_window == (3, 5)
+    trained = [re.search(config.optim.trainable[0], name) is not None for name in FLUX_PARAMETERS]
+    assert trained == [True, True, False, False, False, False]
 
 
 def test_exporting_the_policy_needs_a_project_base_model():
