@@ -92,7 +92,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # partial score: noise at every step, all parameters 0.487 -> 0.502; window (3, 5) 0.507 -> 0.508;
     # window and blocks only 0.507 -> 0.519 -> 0.539 -> 0.572 (strict 28.1% -> 36.7%). Against the proxy,
     # 40 steps (64 x 4 evaluation): 0.490 -> 0.537 (seed 0), 0.490 -> 0.543 (seed 1); learning rate 2e-4
-    # 0.490 -> 0.486 with the hacking gap at 0.095; noise level 1.0 0.481 -> 0.496.
+    # 0.490 -> 0.486 with the hacking gap at 0.095; noise level 1.0 0.481 -> 0.496. The truth as reward,
+    # same 40 steps: 0.490 -> 0.524 (strict 24.2% -> 29.7%).
     rl = RL_SETTINGS[chosen["backbone"]]
     c.sampler.sde_window = rl["sde_window"]
     c.loss.exclude_first_steps = rl["exclude_first_steps"]
