@@ -153,7 +153,7 @@ def test_rl_run_exports_its_policy_every_n_steps(smoke_run, tmp_path):
     values = runpy.run_path(str(ROOT / "configs" / "shapes_cpu.py"))["get_config"]()
     values.model = pretrain.json_ready(dataclasses.replace(config.model, init_checkpoint=pc.output_dir))
     values.sampler = pretrain.json_ready(config.sampler)
-    values.loss.exclude_first_steps = 0
+    values.loss.exclude_first_steps, values.loss.exclude_last_steps = 0, 1
     values.train.update(num_steps=2, prompts_per_step=2, group_size=2, micro_batch_size=4, export_every=1)
     values.train.output_dir = str(tmp_path / "run")
     values.eval.scorer = ""
