@@ -16,10 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from slas_jax.advantages import ADVANTAGE_METHODS
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or invalid; the message names the field."""
+from slas_jax.errors import ConfigError
 
 
 def require(ok: bool, name: str, message: str) -> None:

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from slas_jax.models.convert import ConversionError
+from slas_jax.models.conversion import ConversionError
 from slas_jax.pipelines.components import COMPONENTS, FORMAT_VERSION, MARKER, STATE_DIR, save_state
 
 PIPELINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {

@@ -25,7 +25,7 @@ from slas_jax.config import Config, ConfigError, load_config
 from slas_jax.data import build_prompt_source
 from slas_jax.evaluate import Evaluator, save_curves, write_summary
 from slas_jax.metrics import MetricsWriter, to_python
-from slas_jax.models.convert import ConversionError
+from slas_jax.models.conversion import ConversionError
 from slas_jax.pipelines import build_pipeline
 from slas_jax.pipelines.pretrained import export_policy
 from slas_jax.rewards import build_reward

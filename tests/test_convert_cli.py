@@ -19,8 +19,8 @@ from diffusers.pipelines.flux.pipeline_flux import FluxPipeline
 
 from slas_jax import convert as convert_cli
 from slas_jax.config import load_config
-from slas_jax.models import convert
-from slas_jax.models.convert import ConversionError
+from slas_jax.models import conversion
+from slas_jax.models.conversion import ConversionError
 from slas_jax.pipelines.components import MARKER, load_component
 from slas_jax.pipelines.flux import load_flux_pipeline
 from slas_jax.pipelines.sd import load_sd_pipeline

@@ -11,7 +11,7 @@ import pytest
 from cli_runner import one_line_error, run_module
 
 from slas_jax import pretrain
-from slas_jax.models.convert import ConversionError
+from slas_jax.models.conversion import ConversionError
 from slas_jax.pipelines import build_pipeline
 from slas_jax.pipelines.pretrained import (
     export_policy,

@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from slas_jax.models import convert, layers
-from slas_jax.models.convert import ConversionError, Rule
+from slas_jax.models import conversion, layers
+from slas_jax.models.conversion import ConversionError, Rule
 
 
 def quick_gelu(x: jax.Array) -> jax.Array:
@@ -486,17 +486,17 @@ class CLIPModel(nnx.Module):
 # Stable Diffusion text_encoder among them), the *WithProjection classes and CLIPModel keep it.
 TEXT_CONVERSION_RULES: tuple[Rule, ...] = (
     Rule(r"^(embeddings|encoder|final_layer_norm)\.(.*)$", r"text_model.\1.\2"),
-    convert.MIRROR,
+    conversion.MIRROR,
 )
 """transformers CLIPTextModel(WithProjection) names -> :class:`CLIPTextModel`."""
 
 VISION_CONVERSION_RULES: tuple[Rule, ...] = (
     Rule(r"^(embeddings|pre_layrnorm|encoder|post_layernorm)\.(.*)$", r"vision_model.\1.\2"),
-    convert.MIRROR,
+    conversion.MIRROR,
 )
 """transformers CLIPVisionModelWithProjection names -> :class:`CLIPVisionModelWithProjection`."""
 
-CONVERSION_RULES: tuple[Rule, ...] = (convert.MIRROR,)
+CONVERSION_RULES: tuple[Rule, ...] = (conversion.MIRROR,)
 """transformers CLIPModel names -> :class:`CLIPModel` (the trees mirror each other exactly)."""
 
 IGNORED: tuple[str, ...] = (r"position_ids$",)
@@ -507,10 +507,10 @@ def load_clip_text(folder: str | Path, *, dtype: Any = jnp.float32, remat: bool 
     """Builds a :class:`CLIPTextModel` from a transformers CLIPTextModel(WithProjection) folder, e.g. a
     Stable Diffusion ``text_encoder`` (config.json + safetensors)."""
     folder = Path(folder)
-    config = CLIPTextConfig.from_dict(convert.read_config(folder), dtype=dtype, remat=remat)
-    return convert.load_module(
+    config = CLIPTextConfig.from_dict(conversion.read_config(folder), dtype=dtype, remat=remat)
+    return conversion.load_module(
         lambda: CLIPTextModel(config, rngs=nnx.Rngs(0)),
-        convert.read_weights(folder, what="clip text encoder"),
+        conversion.read_weights(folder, what="clip text encoder"),
         TEXT_CONVERSION_RULES,
         ignore=IGNORED,
         source=f"clip text {folder}",
@@ -522,10 +522,10 @@ def load_clip_vision(
 ) -> CLIPVisionModelWithProjection:
     """Builds a :class:`CLIPVisionModelWithProjection` from a transformers folder of that class."""
     folder = Path(folder)
-    config = CLIPVisionConfig.from_dict(convert.read_config(folder), dtype=dtype, remat=remat)
-    return convert.load_module(
+    config = CLIPVisionConfig.from_dict(conversion.read_config(folder), dtype=dtype, remat=remat)
+    return conversion.load_module(
         lambda: CLIPVisionModelWithProjection(config, rngs=nnx.Rngs(0)),
-        convert.read_weights(folder, what="clip vision encoder"),
+        conversion.read_weights(folder, what="clip vision encoder"),
         VISION_CONVERSION_RULES,
         ignore=IGNORED,
         source=f"clip vision {folder}",
@@ -535,7 +535,7 @@ def load_clip_vision(
 def load_clip_model(folder: str | Path, *, dtype: Any = jnp.float32, remat: bool = False) -> CLIPModel:
     """Builds a :class:`CLIPModel` from a transformers CLIPModel folder (e.g. PickScore's)."""
     folder = Path(folder)
-    raw = convert.read_config(folder)
+    raw = conversion.read_config(folder)
     if "text_config" not in raw or "vision_config" not in raw:
         raise ConversionError(
             f"{folder}/config.json is not a CLIPModel config (no text_config / vision_config)"
@@ -545,9 +545,9 @@ def load_clip_model(folder: str | Path, *, dtype: Any = jnp.float32, remat: bool
         raw["text_config"], dtype=dtype, remat=remat, with_projection=True, **projection
     )
     vision = CLIPVisionConfig.from_dict(raw["vision_config"], dtype=dtype, remat=remat, **projection)
-    return convert.load_module(
+    return conversion.load_module(
         lambda: CLIPModel(text, vision, rngs=nnx.Rngs(0)),
-        convert.read_weights(folder, what="clip model"),
+        conversion.read_weights(folder, what="clip model"),
         CONVERSION_RULES,
         ignore=IGNORED,
         source=f"clip model {folder}",

@@ -35,8 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from slas_jax.models import convert, layers
-from slas_jax.models.convert import ConversionError, Rule
+from slas_jax.models import conversion, layers
+from slas_jax.models.conversion import ConversionError, Rule
 from slas_jax.models.unet import TimestepEmbedding, timestep_embedding
 
 ROPE_THETA = 10000.0
@@ -461,7 +461,7 @@ CONVERSION_RULES: tuple[Rule, ...] = (
     Rule(rf"^{_STACKS}\.(\d+)\.(ff|ff_context)\.net\.0\.proj\.(weight|bias)$", r"\1.\3.proj_in.\4@\2"),
     Rule(rf"^{_STACKS}\.(\d+)\.(ff|ff_context)\.net\.2\.(weight|bias)$", r"\1.\3.proj_out.\4@\2"),
     Rule(rf"^{_STACKS}\.(\d+)\.(.+)$", r"\1.\3@\2"),
-    convert.MIRROR,
+    conversion.MIRROR,
 )
 """diffusers FluxTransformer2DModel names -> ours: block indices become the stacked axis, the feed-forward's
 ``net.0.proj`` / ``net.2`` become ``proj_in`` / ``proj_out``; Linear layouts are handled by the leaf rule."""
@@ -476,9 +476,9 @@ def load_flux_transformer(
     """Builds a :class:`FluxTransformer2DModel` from a diffusers ``transformer`` folder (config.json +
     safetensors, sharded or not)."""
     folder = Path(folder)
-    config = FluxConfig.from_dict(convert.read_config(folder), dtype=dtype, remat=remat)
-    tensors = convert.read_weights(folder, what="flux transformer")
-    return convert.load_module(
+    config = FluxConfig.from_dict(conversion.read_config(folder), dtype=dtype, remat=remat)
+    tensors = conversion.read_weights(folder, what="flux transformer")
+    return conversion.load_module(
         lambda: FluxTransformer2DModel(config, rngs=nnx.Rngs(0)),
         tensors,
         CONVERSION_RULES,

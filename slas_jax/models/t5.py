@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from slas_jax.models import convert, layers
-from slas_jax.models.convert import ConversionError, Rule
+from slas_jax.models import conversion, layers
+from slas_jax.models.conversion import ConversionError, Rule
 
 # feed_forward_proj -> (gated, activation). transformers maps "gated-gelu" to gelu_new (tanh approximation).
 _FEED_FORWARDS: dict[str, tuple[bool, Callable[[jax.Array], jax.Array]]] = {
@@ -295,7 +295,7 @@ CONVERSION_RULES: tuple[Rule, ...] = (
         "encoder.relative_attention_bias",
     ),
     Rule(r"^encoder\.block\.(\d+)\.(.+)$", r"encoder.block.\2@\1"),
-    convert.MIRROR,
+    conversion.MIRROR,
 )
 """transformers T5EncoderModel names -> ours: the block index becomes the stacked axis, the shared bias
 moves out of block 0."""
@@ -308,12 +308,12 @@ def load_t5_encoder(folder: str | Path, *, dtype: Any = jnp.float32, remat: bool
     """Builds a :class:`T5EncoderModel` from a transformers folder (config.json + safetensors), e.g. the
     ``text_encoder_2`` folder of a FLUX pipeline."""
     folder = Path(folder)
-    config = T5Config.from_dict(convert.read_config(folder), dtype=dtype, remat=remat)
-    tensors = dict(convert.read_weights(folder, what="t5 encoder"))
+    config = T5Config.from_dict(conversion.read_config(folder), dtype=dtype, remat=remat)
+    tensors = dict(conversion.read_weights(folder, what="t5 encoder"))
     if "shared.weight" not in tensors and "encoder.embed_tokens.weight" in tensors:
         # A checkpoint that stored the tied embedding only under the encoder's name.
         tensors["shared.weight"] = tensors.pop("encoder.embed_tokens.weight")
-    return convert.load_module(
+    return conversion.load_module(
         lambda: T5EncoderModel(config, rngs=nnx.Rngs(0)),
         tensors,
         CONVERSION_RULES,

@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from slas_jax.models import convert, layers
-from slas_jax.models.convert import ConversionError, Rule
+from slas_jax.models import conversion, layers
+from slas_jax.models.conversion import ConversionError, Rule
 
 DOWN_BLOCK_TYPES = ("CrossAttnDownBlock2D", "DownBlock2D")
 UP_BLOCK_TYPES = ("CrossAttnUpBlock2D", "UpBlock2D")
@@ -730,7 +730,7 @@ class UNet2DConditionModel(nnx.Module):
 CONVERSION_RULES: tuple[Rule, ...] = (
     Rule(r"^(.*)\.ff\.net\.0\.proj\.(weight|bias)$", r"\1.ff.geglu.proj.\2"),
     Rule(r"^(.*)\.ff\.net\.2\.(weight|bias)$", r"\1.ff.proj_out.\2"),
-    convert.MIRROR,
+    conversion.MIRROR,
 )
 """diffusers UNet2DConditionModel names -> ours; 1x1-conv / Linear layouts are handled by the leaf rule."""
 
@@ -754,10 +754,10 @@ def load_unet(folder: str | Path, *, dtype: Any = jnp.float32, remat: bool = Fal
     """
     folder = Path(folder)
     config = UNetConfig.from_dict(
-        {**_prediction_type_beside(folder), **convert.read_config(folder)}, dtype=dtype, remat=remat
+        {**_prediction_type_beside(folder), **conversion.read_config(folder)}, dtype=dtype, remat=remat
     )
-    tensors = convert.read_weights(folder, what="unet")
-    return convert.load_module(
+    tensors = conversion.read_weights(folder, what="unet")
+    return conversion.load_module(
         lambda: UNet2DConditionModel(config, rngs=nnx.Rngs(0)),
         tensors,
         CONVERSION_RULES,

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from slas_jax.models import convert, layers
-from slas_jax.models.convert import ConversionError, Rule
+from slas_jax.models import conversion, layers
+from slas_jax.models.conversion import ConversionError, Rule
 from slas_jax.models.unet import Attention, Downsample2D, ResnetBlock2D, Upsample2D
 
 # diffusers config keys whose only supported value is their default.
@@ -344,7 +344,7 @@ CONVERSION_RULES: tuple[Rule, ...] = (
         for old, new in _ATTN_NAMES
     ),
     *(Rule(rf"{_ATTN}\.{old}\.bias$", rf"\1.{new}.bias") for old, new in _ATTN_NAMES),
-    convert.MIRROR,
+    conversion.MIRROR,
 )
 """diffusers AutoencoderKL names -> ours, accepting the deprecated attention names of older vae folders."""
 
@@ -355,10 +355,10 @@ IGNORED: tuple[str, ...] = ()
 def load_vae(folder: str | Path, *, dtype: Any = jnp.float32, remat: bool = False) -> AutoencoderKL:
     """Builds an :class:`AutoencoderKL` from a diffusers ``vae`` folder (config.json + safetensors)."""
     folder = Path(folder)
-    config = VAEConfig.from_dict(convert.read_config(folder), dtype=dtype, remat=remat)
-    return convert.load_module(
+    config = VAEConfig.from_dict(conversion.read_config(folder), dtype=dtype, remat=remat)
+    return conversion.load_module(
         lambda: AutoencoderKL(config, rngs=nnx.Rngs(0)),
-        convert.read_weights(folder, what="vae"),
+        conversion.read_weights(folder, what="vae"),
         CONVERSION_RULES,
         ignore=IGNORED,
         source=f"vae {folder}",

@@ -24,8 +24,8 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from slas_jax.models import clip, convert, flux, t5, unet, vae
-from slas_jax.models.convert import ConversionError
+from slas_jax.models import clip, conversion, flux, t5, unet, vae
+from slas_jax.models.conversion import ConversionError
 
 MARKER = "slas_jax_converted.json"
 """The file that makes a folder a converted checkpoint; written last by the converter."""
@@ -40,7 +40,7 @@ def _unet_config(folder: Path, **overrides: Any) -> unet.UNetConfig:
     extra = {}
     if scheduler.is_file():
         extra["prediction_type"] = json.loads(scheduler.read_text()).get("prediction_type", "epsilon")
-    return unet.UNetConfig.from_dict({**extra, **convert.read_config(folder)}, **overrides)
+    return unet.UNetConfig.from_dict({**extra, **conversion.read_config(folder)}, **overrides)
 
 
 @dataclass(frozen=True)
@@ -60,25 +60,25 @@ COMPONENTS: dict[str, ComponentKind] = {
     "transformer": ComponentKind(
         flux.load_flux_transformer,
         lambda f, **kw: flux.FluxTransformer2DModel(
-            flux.FluxConfig.from_dict(convert.read_config(f), **kw), rngs=nnx.Rngs(0)
+            flux.FluxConfig.from_dict(conversion.read_config(f), **kw), rngs=nnx.Rngs(0)
         ),
     ),
     "text_encoder": ComponentKind(
         clip.load_clip_text,
         lambda f, **kw: clip.CLIPTextModel(
-            clip.CLIPTextConfig.from_dict(convert.read_config(f), **kw), rngs=nnx.Rngs(0)
+            clip.CLIPTextConfig.from_dict(conversion.read_config(f), **kw), rngs=nnx.Rngs(0)
         ),
     ),
     "text_encoder_2": ComponentKind(
         t5.load_t5_encoder,
         lambda f, **kw: t5.T5EncoderModel(
-            t5.T5Config.from_dict(convert.read_config(f), **kw), rngs=nnx.Rngs(0)
+            t5.T5Config.from_dict(conversion.read_config(f), **kw), rngs=nnx.Rngs(0)
         ),
     ),
     "vae": ComponentKind(
         vae.load_vae,
         lambda f, **kw: vae.AutoencoderKL(
-            vae.VAEConfig.from_dict(convert.read_config(f), **kw), rngs=nnx.Rngs(0)
+            vae.VAEConfig.from_dict(conversion.read_config(f), **kw), rngs=nnx.Rngs(0)
         ),
     ),
 }

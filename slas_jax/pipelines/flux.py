@@ -23,7 +23,7 @@ from flax import nnx
 
 from slas_jax.config import Config, ConfigError
 from slas_jax.grpo import Pipeline
-from slas_jax.models import clip, convert, flux, vae
+from slas_jax.models import clip, conversion, flux, vae
 from slas_jax.pipelines import PipelineBundle
 from slas_jax.pipelines.components import load_components
 from slas_jax.pipelines.sd import check_checkpoint_folder, random_text_config
@@ -198,7 +198,7 @@ def load_flux_pipeline(config: Config) -> PipelineBundle:
     dtype = jnp.dtype(config.model.dtype)
     scheduler_config = json.loads((folder / "scheduler/scheduler_config.json").read_text())
     # Checked before the weights load (FLUX.1-dev's are tens of GB); _assemble uses the loaded VAE's config.
-    latent_side(config, vae.VAEConfig.from_dict(convert.read_config(folder / "vae")).downscale)
+    latent_side(config, vae.VAEConfig.from_dict(conversion.read_config(folder / "vae")).downscale)
     transformer, clip_model, t5_model, vae_model = load_components(
         folder,
         ("transformer", "text_encoder", "text_encoder_2", "vae"),

@@ -23,7 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from slas_jax.config import Config, load_config
-from slas_jax.models.convert import ConversionError
+from slas_jax.models.conversion import ConversionError
 from slas_jax.pipelines import PipelineBundle, build_pipeline
 from slas_jax.samplers import FlowSampler
 

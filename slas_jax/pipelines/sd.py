@@ -19,7 +19,7 @@ from flax import nnx
 from slas_jax.config import Config
 from slas_jax.grpo import Pipeline
 from slas_jax.models import clip, unet, vae
-from slas_jax.models.convert import ConversionError
+from slas_jax.models.conversion import ConversionError
 from slas_jax.pipelines import PipelineBundle
 from slas_jax.pipelines.components import load_components
 from slas_jax.samplers import DDIMSampler, ddim_timesteps, scaled_linear_alphas_cumprod

@@ -25,7 +25,7 @@ from flax import nnx
 
 from slas_jax.config import ConfigError
 from slas_jax.models.clip import load_clip_model
-from slas_jax.models.convert import ConversionError
+from slas_jax.models.conversion import ConversionError
 from slas_jax.rewards.registry import Reward, register
 from slas_jax.tokenizers import load_hf_tokenizer
 

@@ -10,8 +10,8 @@ import transformers
 from flax import nnx
 from safetensors.numpy import load_file
 
-from slas_jax.models import clip, convert
-from slas_jax.models.convert import ConversionError
+from slas_jax.models import clip, conversion
+from slas_jax.models.conversion import ConversionError
 
 pytestmark = pytest.mark.parity
 
@@ -142,7 +142,7 @@ def test_stable_diffusion_text_encoder_names_convert(text_pair):
         for k, v in load_file(folder / "model.safetensors").items()
     }
     tensors["text_model.embeddings.position_ids"] = np.arange(16)[None]
-    old = convert.load_module(
+    old = conversion.load_module(
         lambda: clip.CLIPTextModel(ours.config, rngs=nnx.Rngs(0)),
         tensors,
         clip.TEXT_CONVERSION_RULES,

@@ -11,8 +11,8 @@ import transformers
 from diffusers.pipelines.flux.pipeline_flux import FluxPipeline
 from flax import nnx
 
-from slas_jax.models import clip, convert, flux, t5
-from slas_jax.models.convert import ConversionError
+from slas_jax.models import clip, conversion, flux, t5
+from slas_jax.models.conversion import ConversionError
 
 pytestmark = pytest.mark.parity
 
@@ -276,13 +276,13 @@ def test_remat_checkpoints_each_block_in_the_backward_pass():
 
 def _convert(tensors, config: flux.FluxConfig):
     abstract = nnx.state(nnx.eval_shape(lambda: flux.FluxTransformer2DModel(config, rngs=nnx.Rngs(0))))
-    return convert.convert_tensors(tensors, flux.CONVERSION_RULES, abstract, ignore=flux.IGNORED)
+    return conversion.convert_tensors(tensors, flux.CONVERSION_RULES, abstract, ignore=flux.IGNORED)
 
 
 def test_conversion_errors_name_the_tensor(flux_pair):
     name, _, folder, _ = flux_pair
     config = flux.FluxConfig(**TINY_CONFIGS[name])
-    tensors = dict(convert.read_weights(folder))
+    tensors = dict(conversion.read_weights(folder))
     _convert(tensors, config)  # the unmodified checkpoint converts
 
     extra = {**tensors, "transformer_blocks.0.attn.extra.weight": np.zeros((2, 2), np.float32)}

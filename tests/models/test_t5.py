@@ -9,8 +9,8 @@ import transformers
 from flax import nnx
 from safetensors.numpy import save_file
 
-from slas_jax.models import convert, t5
-from slas_jax.models.convert import ConversionError
+from slas_jax.models import conversion, t5
+from slas_jax.models.conversion import ConversionError
 
 pytestmark = pytest.mark.parity
 
@@ -160,7 +160,7 @@ def test_remat_keeps_values_and_gradients():
 
 def test_tied_embedding_under_either_name_loads(t5_pair, tmp_path):
     _, _, folder, ours = t5_pair
-    tensors = dict(convert.read_weights(folder))
+    tensors = dict(conversion.read_weights(folder))
     embedding = tensors["shared.weight"]
     without_shared = {k: v for k, v in tensors.items() if k != "shared.weight"}
     variants = {
@@ -181,13 +181,13 @@ def test_tied_embedding_under_either_name_loads(t5_pair, tmp_path):
 
 def _convert(tensors, config: t5.T5Config):
     abstract = nnx.state(nnx.eval_shape(lambda: t5.T5EncoderModel(config, rngs=nnx.Rngs(0))))
-    return convert.convert_tensors(tensors, t5.CONVERSION_RULES, abstract, ignore=t5.IGNORED)
+    return conversion.convert_tensors(tensors, t5.CONVERSION_RULES, abstract, ignore=t5.IGNORED)
 
 
 def test_conversion_errors_name_the_tensor(t5_pair):
     name, _, folder, _ = t5_pair
     config = t5.T5Config(**TINY_CONFIGS[name])
-    tensors = dict(convert.read_weights(folder))
+    tensors = dict(conversion.read_weights(folder))
     _convert(tensors, config)  # the unmodified checkpoint converts
 
     extra = {**tensors, "encoder.block.0.layer.0.SelfAttention.extra.weight": np.zeros((2, 2), np.float32)}

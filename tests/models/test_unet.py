@@ -11,7 +11,7 @@ import torch
 from flax import nnx
 
 from slas_jax.models import unet
-from slas_jax.models.convert import ConversionError
+from slas_jax.models.conversion import ConversionError
 
 pytestmark = pytest.mark.parity
 

@@ -9,8 +9,8 @@ import torch
 from flax import nnx
 from safetensors.numpy import load_file
 
-from slas_jax.models import convert, vae
-from slas_jax.models.convert import ConversionError
+from slas_jax.models import conversion, vae
+from slas_jax.models.conversion import ConversionError
 
 pytestmark = pytest.mark.parity
 
@@ -129,7 +129,7 @@ def test_older_attention_names_and_conv_shaped_weights_convert(vae_pair):
         # Conversions from the original LDM checkpoints kept the projections as 1x1 convs.
         tensors[key] = value[:, :, None, None] if key.endswith("query.weight") else value
     assert any("proj_attn" in k for k in tensors)
-    old = convert.load_module(
+    old = conversion.load_module(
         lambda: vae.AutoencoderKL(ours.config, rngs=nnx.Rngs(0)), tensors, vae.CONVERSION_RULES
     )
     for a, b in zip(jax.tree.leaves(nnx.state(old)), jax.tree.leaves(nnx.state(ours)), strict=True):

@@ -26,7 +26,7 @@ from slas_jax import grpo
 from slas_jax.checkpoint import Checkpointer
 from slas_jax.config import load_config
 from slas_jax.convert import convert_pipeline
-from slas_jax.models.convert import ConversionError
+from slas_jax.models.conversion import ConversionError
 from slas_jax.pipelines import PipelineBundle
 from slas_jax.pipelines.sd import load_sd_pipeline, scheduler_sampler
 from slas_jax.rollout import guided_prediction
@@ -432,12 +432,12 @@ def test_converted_folder_loads_and_generates_without_torch(converted):
         import sys
         import jax
         import slas_jax
-        from slas_jax.models import convert
+        from slas_jax.models import conversion
 
         def refuse(*args, **kwargs):
             raise AssertionError("safetensors read while loading a converted folder")
 
-        convert.read_weights = convert.read_safetensors = refuse
+        conversion.read_weights = conversion.read_safetensors = refuse
         from slas_jax import grpo
         from slas_jax.config import load_config
         from slas_jax.pipelines import build_pipeline

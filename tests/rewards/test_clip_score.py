@@ -11,7 +11,7 @@ import torch
 import transformers
 
 from slas_jax.config import ConfigError
-from slas_jax.models.convert import ConversionError
+from slas_jax.models.conversion import ConversionError
 from slas_jax.rewards import REWARDS, build_reward
 from slas_jax.rewards.clip_score import TOKENS_KEY, CLIPImageProcessing
 

@@ -10,8 +10,8 @@ import torch
 from flax import nnx
 from safetensors.numpy import save_file
 
-from slas_jax.models import convert, vae
-from slas_jax.models.convert import ConversionError
+from slas_jax.models import conversion, vae
+from slas_jax.models.conversion import ConversionError
 
 TINY_VAE = dict(
     block_out_channels=(8, 16),
@@ -32,7 +32,7 @@ def checkpoint() -> dict[str, np.ndarray]:
 
 def load(tensors: dict[str, np.ndarray]) -> vae.AutoencoderKL:
     config = vae.VAEConfig.from_dict(TINY_VAE)
-    return convert.load_module(
+    return conversion.load_module(
         lambda: vae.AutoencoderKL(config, rngs=nnx.Rngs(0)), tensors, vae.CONVERSION_RULES, source="tiny vae"
     )
 

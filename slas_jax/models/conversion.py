@@ -29,6 +29,8 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
+from slas_jax.errors import UserError
+
 Transform = Callable[[np.ndarray], np.ndarray | tuple[np.ndarray, ...]]
 
 _SAFETENSORS_DTYPES = {
@@ -45,7 +47,7 @@ _SAFETENSORS_DTYPES = {
 }
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError):
     """A checkpoint does not fit the model it is loaded into; the message names the tensor or file."""
 
 

@@ -1,0 +1,11 @@
+"""The errors a user can act on. The command-line skeleton (:mod:`slas_jax.cli`) turns every
+:class:`UserError` into one line on stderr and exit code 2."""
+
+
+class UserError(ValueError):
+    """Bad input from the user (config, checkpoint folder, prompt file, ...); the message names what is wrong
+    and what to do."""
+
+
+class ConfigError(UserError):
+    """A configuration value is missing, unknown or invalid; the message names the field."""
