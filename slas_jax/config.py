@@ -133,7 +133,7 @@ class LossConfig:
     on those steps' noise (their log-prob gradients are then mostly noise; see configs/shapes_cpu.py);
     exclude_last_steps: final transitions never trained (DanceGRPO SD trains all but the last); at least 1
     when the sampler decodes its last clean estimate (``sampler.decode = "prediction"``), which the last
-    transition never reaches (checked by ``grpo.make_train_step``).
+    transition never reaches.
     """
 
     clip_range: float = 1e-4
@@ -334,6 +334,13 @@ class Config:
                 f"stochastic; set loss.exclude_first_steps >= {start} and loss.exclude_last_steps >= "
                 f"{self.sampler.num_steps - end}",
             )
+        # The image decoded from the last clean estimate is fixed before the last transition is drawn, so that
+        # transition's log-probability gradient is pure noise, and on shifted flow schedules the largest one.
+        require(
+            self.sampler.decode != "prediction" or self.loss.exclude_last_steps >= 1,
+            "loss.exclude_last_steps",
+            "must be >= 1 with sampler.decode='prediction': the last transition does not reach the image",
+        )
         flow_model = self.model.family == "flux"
         flow_sampler = self.sampler.name in ("flow_sde", "dance_flow")
         require(

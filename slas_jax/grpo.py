@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 from slas_jax import parallel, param_paths
 from slas_jax.advantages import compute_advantages_with_stats
-from slas_jax.config import Config, require
+from slas_jax.config import Config
 from slas_jax.losses import Transitions, policy_loss, select_timesteps
 from slas_jax.rollout import Denoiser, Trajectory, repeat_per_sample, sample_trajectories
 from slas_jax.samplers import Sampler
@@ -144,15 +144,6 @@ def make_train_step(
     for host-side evaluation (e.g. a ground-truth scorer beside a learned training reward).
     """
     tc, lc, sc, ac = config.train, config.loss, config.sampler, config.advantage
-    # The image decoded from the last clean estimate is fixed before the last transition is drawn, so that
-    # transition's log-probability gradient is pure noise; on shifted flow schedules it also has the largest
-    # drift-to-std ratio and drowns the other steps' signal (shapes demo, ground truth as reward, 30 steps:
-    # paired partial score 0.257 -> 0.250 with it trained, 0.257 -> 0.275 without).
-    require(
-        sc.decode != "prediction" or lc.exclude_last_steps >= 1,
-        "loss.exclude_last_steps",
-        "must be >= 1 with sampler.decode='prediction': the last transition does not reach the image",
-    )
     group, micro, accum = tc.group_size, tc.micro_batch_size, tc.grad_accum_steps
     num_samples = tc.prompts_per_step * group
     num_updates = num_samples // (micro * accum)
