@@ -12,7 +12,7 @@ was 0.31).
 Regenerate the shipped checkpoint (bit for bit on the same machine and software; compare ``params_sha256`` in
 checkpoints/shapes_flow/metadata.json):
 
-    python -m slas_jax.pretrain --config configs/shapes_pretrain_flow.py
+    python -m slas_jax.testbed.pretrain --config configs/shapes_pretrain_flow.py
 
 RL configs use it with the same ``model`` section plus ``model.init_checkpoint = "checkpoints/shapes_flow"``;
 ``sampler`` holds the RL sampler settings the evaluation samples with.

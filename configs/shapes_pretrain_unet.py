@@ -6,7 +6,7 @@ purpose (imperfect base model).
 Regenerate the shipped checkpoint (bit for bit on the same machine and software; compare ``params_sha256`` in
 checkpoints/shapes_unet/metadata.json):
 
-    python -m slas_jax.pretrain --config configs/shapes_pretrain_unet.py
+    python -m slas_jax.testbed.pretrain --config configs/shapes_pretrain_unet.py
 
 RL configs use it with the same ``model`` section plus ``model.init_checkpoint = "checkpoints/shapes_unet"``;
 ``sampler`` holds the RL sampler settings (DDIM, eta) the evaluation samples with.

@@ -35,7 +35,7 @@ without it).
 Regenerate the shipped checkpoint (bit for bit on the same machine and software; compare ``params_sha256`` in
 checkpoints/shapes_proxy/metadata.json):
 
-    python -m slas_jax.train_proxy --config configs/shapes_proxy.py
+    python -m slas_jax.testbed.train_proxy --config configs/shapes_proxy.py
 
 RL configs select it with ``reward.name = "proxy"`` (option ``checkpoint``, default checkpoints/shapes_proxy).
 """

@@ -5,8 +5,8 @@ for it) and return advantages of the same shape plus the statistics they used, f
 jit-able; under jit with sharded inputs, group and batch statistics are global, so a group whose samples sit
 on different devices is still normalised correctly.
 
-Registry: ``ADVANTAGE_METHODS[name] = fn(rewards, params) -> (advantages, stats)``. Adding a method is one
-function plus one line.
+Registry: ``ADVANTAGE_METHODS`` (``slas_jax.registry.Registry``) of ``fn(rewards, params) -> (advantages,
+stats)``. Adding a method is one function under ``@ADVANTAGE_METHODS.register(name)``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,12 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
+from slas_jax.registry import Registry
+
 Stats = dict[str, jax.Array]
+ADVANTAGE_METHODS: Registry[Callable[[jax.Array, AdvantageParams], tuple[jax.Array, Stats]]] = Registry(
+    "advantage method", "advantage.method"
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,6 +52,7 @@ def _shape(d: jax.Array, gamma: float) -> jax.Array:
     return jnp.sign(d) * jnp.abs(d) ** (1.0 + gamma)
 
 
+@ADVANTAGE_METHODS.register("dance_grpo")
 def dance_grpo(rewards: jax.Array, p: AdvantageParams) -> tuple[jax.Array, Stats]:
     """(r - group mean) / (unbiased group std + eps), as DanceGRPO."""
     mean, d = _group_stats(rewards)
@@ -54,12 +60,14 @@ def dance_grpo(rewards: jax.Array, p: AdvantageParams) -> tuple[jax.Array, Stats
     return d / (std + p.eps), {"group_mean": mean[:, 0], "group_std": std[:, 0]}
 
 
+@ADVANTAGE_METHODS.register("mean_only")
 def mean_only(rewards: jax.Array, p: AdvantageParams) -> tuple[jax.Array, Stats]:
     """r - group mean: no prompt-level std (the linear direction, "Dr.GRPO")."""
     mean, d = _group_stats(rewards)
     return d, {"group_mean": mean[:, 0]}
 
 
+@ADVANTAGE_METHODS.register("slas")
 def slas(rewards: jax.Array, p: AdvantageParams) -> tuple[jax.Array, Stats]:
     """Super-Linear Advantage Shaping: shape the centred reward, normalise at batch level.
 
@@ -78,19 +86,12 @@ def slas(rewards: jax.Array, p: AdvantageParams) -> tuple[jax.Array, Stats]:
     return adv, {"group_mean": mean[:, 0], "batch_std": batch_std}
 
 
+@ADVANTAGE_METHODS.register("flow_grpo")
 def flow_grpo(rewards: jax.Array, p: AdvantageParams) -> tuple[jax.Array, Stats]:
     """(r - group mean) / (population std of all rewards in the batch + eps), as Flow-GRPO's global std."""
     mean, d = _group_stats(rewards)
     batch_std = jnp.std(rewards)
     return d / (batch_std + p.eps), {"group_mean": mean[:, 0], "batch_std": batch_std}
-
-
-ADVANTAGE_METHODS: dict[str, Callable[[jax.Array, AdvantageParams], tuple[jax.Array, Stats]]] = {
-    "dance_grpo": dance_grpo,
-    "mean_only": mean_only,
-    "slas": slas,
-    "flow_grpo": flow_grpo,
-}
 
 
 def compute_advantages_with_stats(
@@ -108,15 +109,14 @@ def compute_advantages_with_stats(
     with ``group_mean`` (num_prompts,), method-specific ``group_std`` (num_prompts,) or ``batch_std`` (),
     and ``zero_std_fraction`` (), the fraction of prompts whose samples all got the same reward.
     """
-    if method not in ADVANTAGE_METHODS:
-        raise ValueError(f"unknown advantage method {method!r}; choose one of {sorted(ADVANTAGE_METHODS)}")
+    method_fn = ADVANTAGE_METHODS.get(method)
     if gamma < 0:
         raise ValueError(f"gamma must be >= 0, got {gamma}")
     if rewards.ndim != 2 or rewards.shape[1] < 2:
         raise ValueError(f"rewards must have shape (num_prompts, group_size >= 2), got {rewards.shape}")
     rewards = jnp.asarray(rewards, jnp.float32)
     params = AdvantageParams(gamma=gamma, eps=eps, adv_clip=adv_clip, slas_normalize=slas_normalize)
-    adv, stats = ADVANTAGE_METHODS[method](rewards, params)
+    adv, stats = method_fn(rewards, params)
     if adv_clip is not None:
         adv = jnp.clip(adv, -adv_clip, adv_clip)
     group_range = jnp.max(rewards, axis=1) - jnp.min(rewards, axis=1)

@@ -7,11 +7,14 @@ Unknown keys, wrong types and bad values raise :class:`ConfigError` with one lin
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
 import re
+import textwrap
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -34,7 +37,7 @@ class ModelConfig:
     (backbone config fields) and ``text_architecture`` (text encoder config fields); resolution: image side
     in pixels; dtype: compute dtype, parameters stay float32; remat: gradient checkpointing per block;
     seed: initialisation of a random model; init_checkpoint: a project checkpoint (``python -m
-    slas_jax.pretrain``) whose backbone and text encoder weights replace the random ones.
+    slas_jax.testbed.pretrain``) whose backbone and text encoder weights replace the random ones.
     """
 
     family: Literal["unet", "flux"] = "unet"
@@ -58,31 +61,30 @@ class ModelConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class SamplerConfig:
-    """The stochastic sampler used for rollouts and for re-scoring transitions.
-
-    name: "ddim" (eta), "flow_sde" (Flow-GRPO, noise_level a) or "dance_flow" (DanceGRPO FLUX, eta);
-    noise_level: eta or a; schedule: flow sigmas shifted by ``shift`` (DanceGRPO / SD3) or "dynamic"
-    (FLUX's resolution-dependent shift from the scheduler config); flux_guidance: the distilled guidance
-    value FLUX.1-dev embeds (ignored by models without a guidance embedding); guidance_scale: CFG (1 disables it) against
-    ``negative_prompt``;
-    same_noise_in_group: all samples of a prompt start from the same noise (DanceGRPO's init_same_noise);
-    decode: the image is decoded from the last sample ("sample": DDPO, Flow-GRPO) or from the model's
-    clean-sample estimate at the last step ("prediction": DanceGRPO);
-    sde_window: (start, end) step indices: only steps [start, end) draw noise, the others take the
-    deterministic step (Flow-GRPO-Fast, MixGRPO). The loss must train inside it. None: every step draws.
-    """
+    """The stochastic sampler used for rollouts and for re-scoring transitions."""
 
     name: Literal["ddim", "flow_sde", "dance_flow"] = "ddim"
+    """Registered sampler (``slas_jax.samplers.SAMPLERS``): "ddim" (eta; UNet), "flow_sde" (Flow-GRPO, noise level a) or "dance_flow" (DanceGRPO FLUX, eta); the flow ones need family "flux"."""
     num_steps: int = 10
+    """Denoising steps of a rollout (>= 2)."""
     noise_level: float = 1.0
+    """eta (ddim, dance_flow) or a (flow_sde): the policy's stochasticity, > 0."""
     schedule: Literal["shift", "dynamic"] = "shift"
+    """Flow sigmas shifted by ``shift`` (DanceGRPO / SD3) or "dynamic" (FLUX's resolution-dependent shift from the scheduler config)."""
     shift: float = 1.0
+    """The flow schedule's shift, > 0."""
     flux_guidance: float = 3.5
+    """The distilled guidance value FLUX.1-dev embeds (ignored by models without a guidance embedding)."""
     guidance_scale: float = 1.0
+    """Classifier-free guidance against ``negative_prompt``; 1 disables it."""
     negative_prompt: str = ""
+    """The unconditional prompt of classifier-free guidance."""
     same_noise_in_group: bool = False
+    """All samples of a prompt start from the same noise (DanceGRPO's init_same_noise)."""
     decode: Literal["sample", "prediction"] = "sample"
+    """The image comes from the last sample ("sample": DDPO, Flow-GRPO) or the model's clean-sample estimate at the last step ("prediction": DanceGRPO)."""
     sde_window: tuple[int, int] | None = None
+    """(start, end): only steps [start, end) draw noise, the others take the deterministic step (Flow-GRPO-Fast, MixGRPO); the loss must train inside it. None: every step draws."""
 
     def validate(self, name: str) -> None:
         require(self.num_steps >= 2, f"{name}.num_steps", f"must be >= 2, got {self.num_steps}")
@@ -100,13 +102,18 @@ class SamplerConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class AdvantageConfig:
-    """See ``slas_jax.advantages``: method in dance_grpo | mean_only | slas | flow_grpo."""
+    """Group-relative advantages (``slas_jax.advantages``)."""
 
     method: str = "slas"
+    """Registered advantage method: dance_grpo | mean_only | slas | flow_grpo."""
     gamma: float = 1.0
+    """SLAS exponent offset: shaped = sign(d) |d|^(1 + gamma), >= 0."""
     eps: float = 1e-6
+    """Added to every standard deviation before dividing, > 0."""
     adv_clip: float | None = 5.0
+    """Advantages clipped to +-adv_clip (DanceGRPO, Flow-GRPO: 5); None: no clipping."""
     slas_normalize: Literal["after", "before"] = "after"
+    """SLAS divides by the batch std "after" shaping, or divides d by its batch std "before"."""
 
     def validate(self, name: str) -> None:
         require(
@@ -125,22 +132,18 @@ class AdvantageConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class LossConfig:
-    """Clipped surrogate with an optional KL penalty to the initial policy.
-
-    clip_range: PPO ratio clip (DanceGRPO 1e-4); kl_beta: weight of the Flow-GRPO KL term (0 disables it and
-    keeps no reference copy); timestep_fraction: fraction of the trainable steps each sample trains on;
-    exclude_first_steps: first (noisiest) transitions never trained, for models whose outcome barely depends
-    on those steps' noise (their log-prob gradients are then mostly noise; see configs/shapes_cpu.py);
-    exclude_last_steps: final transitions never trained (DanceGRPO SD trains all but the last); at least 1
-    when the sampler decodes its last clean estimate (``sampler.decode = "prediction"``), which the last
-    transition never reaches.
-    """
+    """Clipped surrogate with an optional KL penalty to the initial policy."""
 
     clip_range: float = 1e-4
+    """PPO ratio clip (DanceGRPO: 1e-4), > 0."""
     kl_beta: float = 0.0
+    """Weight of the Flow-GRPO KL term; 0 disables it and keeps no reference copy."""
     timestep_fraction: float = 1.0
+    """Fraction of the trainable steps each sample trains on, in (0, 1]."""
     exclude_first_steps: int = 0
+    """First (noisiest) transitions never trained, for models whose outcome barely depends on those steps' noise."""
     exclude_last_steps: int = 0
+    """Final transitions never trained (DanceGRPO SD trains all but the last); >= 1 with sampler.decode = "prediction", whose image the last transition never reaches."""
 
     def validate(self, name: str) -> None:
         require(self.clip_range > 0, f"{name}.clip_range", f"must be > 0, got {self.clip_range}")
@@ -152,21 +155,22 @@ class LossConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class OptimConfig:
-    """AdamW with global-norm gradient clipping.
-
-    trainable: regular expressions over the backbone's dotted parameter paths (``slas_jax.param_paths``,
-    e.g. ``"attn.(to|add)_"``); when given, only matching parameters are updated and the others keep
-    their pretrained values, the way Flow-GRPO and DanceGRPO put LoRA adapters on the attention projections
-    only (empty: every parameter trains).
-    """
+    """AdamW with global-norm gradient clipping."""
 
     learning_rate: float = 1e-5
+    """AdamW learning rate, > 0."""
     weight_decay: float = 1e-4
+    """AdamW decoupled weight decay, >= 0."""
     b1: float = 0.9
+    """AdamW first-moment decay."""
     b2: float = 0.999
+    """AdamW second-moment decay."""
     eps: float = 1e-8
+    """AdamW denominator epsilon."""
     grad_clip: float = 1.0
+    """Global-norm gradient clipping threshold, > 0."""
     trainable: tuple[str, ...] = ()
+    """Regular expressions over the backbone's dotted parameter paths (``slas_jax.param_paths``, e.g. ``"attn.(to|add)_"``): only matching parameters are updated, the others keep their pretrained values, as Flow-GRPO and DanceGRPO adapt only the attention projections. Empty: every parameter trains."""
 
     def validate(self, name: str) -> None:
         require(self.learning_rate > 0, f"{name}.learning_rate", "must be > 0")
@@ -183,24 +187,28 @@ class OptimConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """The RL loop: ``prompts_per_step`` prompts x ``group_size`` samples per step.
-
-    Samples are split into optimizer updates of ``micro_batch_size x grad_accum_steps`` samples each.
-    ``checkpoint_every`` N steps (and at the end) the train state is saved for resuming; ``export_every`` N
-    steps (and at the end) the policy is written as a base-model checkpoint,
-    ``output_dir/policy/step_<n>`` (project base models only: :func:`slas_jax.pipelines.pretrained.export_policy`).
-    """
+    """The RL loop: ``prompts_per_step`` prompts x ``group_size`` samples per step, split into optimizer updates of ``micro_batch_size x grad_accum_steps`` samples each."""
 
     num_steps: int = 20
+    """RL steps of the run, >= 1."""
     prompts_per_step: int = 4
+    """Prompts per step, >= 1."""
     group_size: int = 8
+    """Samples per prompt, >= 2 (group-relative advantages need two)."""
     micro_batch_size: int = 8
+    """Samples per forward/backward; with grad_accum_steps it must divide prompts_per_step x group_size."""
     grad_accum_steps: int = 1
+    """Micro-batches accumulated into one optimizer update, >= 1."""
     seed: int = 0
+    """Rollout noise and timestep selection."""
     log_every: int = 1
+    """Steps between metrics.jsonl lines."""
     checkpoint_every: int = 0
+    """Every N steps (and at the end) the train state is saved for resuming; 0: never."""
     export_every: int = 0
+    """Every N steps (and at the end) the policy is written as a weights folder, ``output_dir/policy/step_<n>`` (``slas_jax.weights.export_policy``); 0: never."""
     output_dir: str = "runs/default"
+    """Where metrics, samples, checkpoints and exports go."""
 
     def validate(self, name: str) -> None:
         require(self.num_steps >= 1, f"{name}.num_steps", "must be >= 1")
@@ -229,11 +237,14 @@ class TrainConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class MeshConfig:
-    """Device mesh sizes; data=-1 takes every device left after fsdp x tensor."""
+    """Device mesh sizes."""
 
     data: int = -1
+    """Data-parallel devices; -1 takes every device left after fsdp x tensor."""
     fsdp: int = 1
+    """Devices the parameters are sharded over (fully sharded data parallel)."""
     tensor: int = 1
+    """Tensor-parallel devices."""
 
     def validate(self, name: str) -> None:
         require(self.data == -1 or self.data >= 1, f"{name}.data", "must be >= 1 or -1 (all devices)")
@@ -242,49 +253,52 @@ class MeshConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class RewardConfig:
-    """The reward model by registry name, and its keyword options."""
+    """The reward model by registry name (``slas_jax.rewards.REWARDS``), and its keyword options."""
 
     name: str = "brightness"
+    """Registered reward name, e.g. "pickscore", "clip_score", or a plugin's ("shapes", "proxy")."""
     options: Mapping[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the reward's builder, checked against its signature."""
 
     def validate(self, name: str) -> None:
         from slas_jax.rewards import REWARDS
 
-        require(
-            self.name in REWARDS,
-            f"{name}.name",
-            f"unknown reward {self.name!r}; choose one of {', '.join(sorted(REWARDS))}",
-        )
+        bind_options(REWARDS.get(self.name, f"{name}.name"), self.options, f"{name}.options")
 
 
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    """Prompt source by registry name (e.g. "brightness", "shapes"), with its options."""
+    """Prompt source by registry name (``slas_jax.data.SOURCES``), with its options."""
 
     name: str = "brightness"
+    """Registered prompt source name, e.g. "text_file", or a plugin's ("shapes", "brightness")."""
     options: Mapping[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the source's builder, checked against its signature."""
 
     def validate(self, name: str) -> None:
-        pass
+        from slas_jax.data import SOURCES
+
+        bind_options(SOURCES.get(self.name, f"{name}.name"), self.options, f"{name}.options")
 
 
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig:
-    """Evaluation beside the training reward (off when ``scorer`` is None).
-
-    scorer: host ground-truth scorer (``slas_jax.evaluate.SCORERS``), applied to every step's rollout
-    samples and, every ``every`` steps, to ``num_prompts`` fixed prompts of each set in ``sets``
-    ({name: {"name": source, "options": {...}}}, e.g. in-domain and held-out), ``samples_per_prompt``
-    each, with a fixed key ``seed``; ``grid_prompts`` prompts per set go into the before/after grids.
-    """
+    """Evaluation beside the training reward (off when ``scorer`` is None)."""
 
     scorer: str | None = None
+    """Registered host ground-truth scorer (``slas_jax.scorers.SCORERS``) applied to every step's rollout samples and to the fixed sets; None: no evaluation."""
     every: int = 10
+    """Steps between evaluations of the fixed sets, >= 1."""
     sets: Mapping[str, Any] = field(default_factory=dict)
+    """Fixed prompt sets by name, each ``{"name": source, "options": {...}}`` (e.g. in-domain and held-out)."""
     num_prompts: int = 16
+    """Prompts of each set evaluated, >= 1."""
     samples_per_prompt: int = 2
+    """Images per prompt, >= 1."""
     grid_prompts: int = 8
+    """Prompts per set shown in the before/after grids."""
     seed: int = 1234
+    """The fixed key of every evaluation, so before and after are paired."""
 
     def validate(self, name: str) -> None:
         require(self.every >= 1, f"{name}.every", "must be >= 1")
@@ -293,12 +307,16 @@ class EvalConfig:
             name,
             "num_prompts and samples_per_prompt must be >= 1",
         )
+        if self.scorer is not None:
+            from slas_jax.scorers import SCORERS
+
+            SCORERS.get(self.scorer, f"{name}.scorer")
         for set_name, source in self.sets.items():
-            require(
-                isinstance(source, Mapping) and "name" in source,
-                f"{name}.sets.{set_name}",
-                "needs a source name",
-            )
+            where = f"{name}.sets.{set_name}"
+            require(isinstance(source, Mapping) and "name" in source, where, "needs a source name")
+            unknown = sorted(set(source) - {"name", "options"})
+            require(not unknown, where, f"unknown key {', '.join(unknown)}; a set has name and options")
+            from_mapping(DataConfig, source, where).validate(where)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -349,12 +367,6 @@ class Config:
             f"{self.sampler.name!r} does not fit model.family={self.model.family!r}; use ddim with unet, "
             "flow_sde or dance_flow with flux",
         )
-        require(
-            not self.train.export_every or bool(self.model.init_checkpoint),
-            "train.export_every",
-            "exports the policy as a base-model checkpoint, so it needs model.init_checkpoint (a project base "
-            "model written by `python -m slas_jax.pretrain`)",
-        )
 
 
 def _coerce(value: Any, annotation: Any, name: str) -> Any:
@@ -401,6 +413,31 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
     return value
 
 
+def bind_options(builder: Callable[..., Any], options: Mapping[str, Any], field: str) -> dict[str, Any]:
+    """``options`` checked against ``builder``'s keyword parameters: unknown names, values that do not fit
+    a parameter's annotation (coerced as config fields are) and missing required parameters raise
+    ConfigError naming ``config.<field>.<option>``. Returns the keyword arguments to call it with."""
+    target = builder.__init__ if isinstance(builder, type) else builder
+    hints = typing.get_type_hints(target)
+    parameters = {
+        key: p
+        for key, p in inspect.signature(builder).parameters.items()
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
+    for key in options:
+        require(
+            key in parameters,
+            f"{field}.{key}",
+            f"unknown option; valid options here are {', '.join(parameters) or 'none'}",
+        )
+    missing = [k for k, p in parameters.items() if p.default is inspect.Parameter.empty and k not in options]
+    require(not missing, f"{field}.{missing[0] if missing else ''}", "is required")
+    return {
+        key: _coerce(value, hints[key], f"{field}.{key}") if key in hints else value
+        for key, value in options.items()
+    }
+
+
 def from_mapping(cls: type, values: Any, prefix: str = "") -> Any:
     """Builds dataclass ``cls`` from a (nested) mapping such as an ml_collections ConfigDict.
 
@@ -426,6 +463,51 @@ def load_config(values: Any) -> Config:
     config = from_mapping(Config, values)
     config.validate()
     return config
+
+
+def json_ready(value: Any) -> Any:
+    """Config values as JSON (dataclasses and mappings as dicts, tuples as lists)."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: json_ready(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    return value
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The attribute docstrings of a dataclass's fields (the string literal under each field), by name."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    return {
+        node.target.id: " ".join(following.value.value.split())
+        for node, following in zip(body, body[1:], strict=False)
+        if isinstance(node, ast.AnnAssign)
+        and isinstance(node.target, ast.Name)
+        and isinstance(following, ast.Expr)
+        and isinstance(following.value, ast.Constant)
+        and isinstance(following.value.value, str)
+    }
+
+
+def describe_fields(cls: type, prefix: str = "config") -> list[str]:
+    """``prefix.field (default): doc`` for every field of dataclass ``cls``, sections recursively."""
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    lines = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            lines += describe_fields(hints[f.name], f"{prefix}.{f.name}")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        lines.append(f"  {prefix}.{f.name} (default {json_ready(default)!r}): {docs.get(f.name, '')}")
+    return lines
+
+
+def describe_config() -> str:
+    """Every field of :class:`Config` with its default and documentation, one per line."""
+    return "\n".join(describe_fields(Config))
 
 
 def _default_value(value: Any, annotation: Any) -> Any:

@@ -1,8 +1,8 @@
 """Evaluation during and after training: ground-truth scoring of samples on host, fixed evaluation prompt
 sets (in-domain and held-out), before/after sample grids, reward curves and a markdown run summary.
 
-A *scorer* is a host function ``(images (n, h, w, 3) float32 in [0, 1], arrays with leading axis n) ->
-{"strict": (n,), "partial": (n,)}`` registered in ``SCORERS``; it judges samples independently of the
+A *scorer* (``slas_jax.scorers.SCORERS``) is a host function ``(images (n, h, w, 3) float32 in [0, 1], arrays
+with leading axis n) -> {"strict": (n,), "partial": (n,)}``; it judges samples independently of the
 training reward (e.g. the shapes ground truth beside a learned proxy), which is how reward hacking shows:
 the training reward climbs while the truth does not.
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -24,22 +25,8 @@ from slas_jax.config import Config, DataConfig
 from slas_jax.data import build_prompt_source
 from slas_jax.grpo import make_generate
 from slas_jax.pipelines import PipelineBundle
-
-Scorer = Callable[[np.ndarray, Mapping[str, np.ndarray]], dict[str, np.ndarray]]
-
-
-def shapes_scorer(images: np.ndarray, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The shapes testbed's GenEval-style ground truth; needs ``shapes_spec`` in ``arrays``."""
-    from slas_jax.data.shapes import decode_spec
-    from slas_jax.rewards.shapes import score_batch
-
-    strict, partial = score_batch(
-        np.asarray(images, np.float32), [decode_spec(e) for e in arrays["shapes_spec"]]
-    )
-    return {"strict": strict, "partial": partial}
-
-
-SCORERS: dict[str, Scorer] = {"shapes": shapes_scorer}
+from slas_jax.rewards import check_reads
+from slas_jax.scorers import SCORERS
 
 
 def repeat_rows(arrays: Mapping[str, np.ndarray], times: int) -> dict[str, np.ndarray]:
@@ -68,18 +55,23 @@ class Evaluator:
         self, config: Config, bundle: PipelineBundle, prepare: Callable[[list[str]], dict[str, Any]]
     ):
         ec = config.eval
-        if ec.scorer not in SCORERS:
-            raise ValueError(
-                f"config.eval.scorer: unknown scorer {ec.scorer!r}; choose one of {sorted(SCORERS)}"
-            )
+        scorer = SCORERS.get(ec.scorer)
         self.config = ec
-        self.scorer = SCORERS[ec.scorer]
+        self.scorer = scorer.fn
         self.generate = make_generate(bundle.pipeline, config)
         self.key = jax.random.PRNGKey(ec.seed)
         self.sets = []
         for name, source_config in ec.sets.items():
+            field = f"eval.sets.{name}"
             source = build_prompt_source(
-                DataConfig(name=source_config["name"], options=source_config.get("options", {}))
+                DataConfig(name=source_config["name"], options=source_config.get("options", {})), field
+            )
+            check_reads(
+                scorer.reads,
+                source.arrays,
+                f"scorer {ec.scorer!r}",
+                f"prompt source {source_config['name']!r}",
+                f"{field}.name",
             )
             prompts, arrays = source.batch(0, ec.num_prompts)
             self.sets.append(EvalSet(name, prompts, prepare(prompts), arrays))
@@ -118,6 +110,41 @@ class Evaluator:
             shown = images[eval_set.name][: n * spp]
             rows.append((eval_set.name, eval_set.prompts[:n], shown.reshape(n, spp, *shown.shape[1:])))
         save_grid(rows, path, title)
+
+
+def generate_images(
+    bundle: PipelineBundle,
+    config: Config,
+    params: Any,
+    frozen: Any,
+    prompts: Sequence[str],
+    *,
+    samples_per_prompt: int,
+    seed: int,
+    chunk: int,
+) -> np.ndarray:
+    """Images of ``prompts`` sampled with the run's sampler (``grpo.make_generate``: its steps, noise and
+    CFG), ``samples_per_prompt`` each, ``chunk`` prompts per call (the last chunk padded by repeating its
+    first prompt, so one compilation serves every call); chunk c uses key fold_in(PRNGKey(seed), c).
+
+    Returns (len(prompts) * samples_per_prompt, h, w, 3) float32 in [0, 1], sample j of prompt i at
+    i * samples_per_prompt + j.
+    """
+    generate = make_generate(bundle.pipeline, config)
+    tokens = bundle.tokenize(list(prompts))
+    out = []
+    for c, start in enumerate(range(0, len(prompts), chunk)):
+        part = tokens[start : start + chunk]
+        padded = np.concatenate([part, np.repeat(part[:1], chunk - len(part), axis=0)])
+        images = generate(
+            params,
+            frozen,
+            {"tokens": jnp.asarray(padded)},
+            jax.random.fold_in(jax.random.PRNGKey(seed), c),
+            samples_per_prompt=samples_per_prompt,
+        )
+        out.append(np.asarray(images)[: len(part) * samples_per_prompt])
+    return np.concatenate(out)
 
 
 def save_grid(

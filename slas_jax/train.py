@@ -1,113 +1,53 @@
 """Command line: ``python -m slas_jax.train --config configs/X.py [--config.section.key=value ...]``.
 
-Wiring only: config -> mesh -> pipeline, reward, prompts -> jitted GRPO step -> loop with progress bar and
-JSON-lines metrics. Bad configs, missing checkpoints and bad inputs end with one line on stderr and exit
-code 2; ``--verbose`` shows the traceback instead.
+Wiring only: config -> mesh -> prompts, reward, pipeline -> jitted GRPO step -> loop with progress bar,
+JSON-lines metrics, evaluation, checkpoints and policy exports. Bad configs, missing checkpoints and bad
+inputs end with one line on stderr and exit code 2; ``--verbose`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
-import runpy
 import signal
-import sys
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 from absl import flags
-from ml_collections import ConfigDict, config_flags
 from tqdm import tqdm
 
 from slas_jax import grpo, parallel
 from slas_jax.checkpoint import Checkpointer
-from slas_jax.config import Config, ConfigError, load_config
+from slas_jax.cli import Command, Parsed
+from slas_jax.config import Config, ConfigError, describe_config, load_config
 from slas_jax.data import build_prompt_source
 from slas_jax.evaluate import Evaluator, save_curves, write_summary
 from slas_jax.metrics import MetricsWriter, to_python
-from slas_jax.models.conversion import ConversionError
 from slas_jax.pipelines import build_pipeline
-from slas_jax.pipelines.pretrained import export_policy
-from slas_jax.rewards import build_reward
+from slas_jax.rewards import build_reward, check_reads
+from slas_jax.weights import export_policy
 
-FLAGS = flags.FlagValues()
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file with get_config().", flag_values=FLAGS
+
+def define_flags(values: flags.FlagValues) -> None:
+    """The train command's own flags: joining a multi-host run."""
+    flags.DEFINE_bool(
+        "multihost", False, "Join a multi-host run (Cloud TPU pods: addresses are auto-detected).", flag_values=values
+    )
+    flags.DEFINE_string(
+        "coordinator_address", None, "host:port of process 0, when not auto-detected.", flag_values=values
+    )
+    flags.DEFINE_integer("num_processes", 1, "Processes in the run.", flag_values=values)
+    flags.DEFINE_integer("process_id", 0, "This process's index.", flag_values=values)
+
+
+COMMAND = Command(
+    "train", __doc__, config_hint="configs/<name>.py", define_flags=define_flags, config_help=describe_config
 )
-_VERBOSE = flags.DEFINE_bool("verbose", False, "Show tracebacks for errors.", flag_values=FLAGS)
-_MULTIHOST = flags.DEFINE_bool(
-    "multihost",
-    False,
-    "Join a multi-host run (Cloud TPU pods: addresses are auto-detected).",
-    flag_values=FLAGS,
-)
-_COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "host:port of process 0, when not auto-detected.", flag_values=FLAGS
-)
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Processes in the run.", flag_values=FLAGS)
-_PROCESS_ID = flags.DEFINE_integer("process_id", 0, "This process's index.", flag_values=FLAGS)
-
-USER_ERRORS = (ConfigError, ConversionError, FileNotFoundError)
-
-
-def flag_error_line(error: flags.Error) -> str:
-    """One line for a flag error. An exception raised inside a config file's ``get_config`` reaches us as a
-    flag error holding its traceback; the line keeps the flag and the exception's own last line."""
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    if any(line.startswith("Traceback") for line in lines):
-        return f"{lines[0].split(': ')[0]}: {lines[-1]}"
-    return lines[0]
-
-
-def _explain_override_error(argv: list[str]) -> str:
-    """Names the first ``--config.a.b=v`` override whose key path the config file does not have."""
-    config_path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-    if config_path is None and "--config" in argv:
-        config_path = argv[argv.index("--config") + 1]
-    if config_path is None:
-        return "missing --config; pass --config configs/<name>.py"
-    if not Path(config_path).is_file():
-        return f"config file {config_path} does not exist; pass --config configs/<name>.py"
-    values = runpy.run_path(config_path)["get_config"]()
-    for arg in argv:
-        if not arg.startswith("--config."):
-            continue
-        path = arg[len("--config.") :].split("=", 1)[0]
-        node = values
-        for i, key in enumerate(path.split(".")):
-            if key not in node:
-                where = ".".join(path.split(".")[:i]) or "the top level"
-                return (
-                    f"unknown config key {path!r} in {arg}; keys at {where}: {', '.join(sorted(node.keys()))}"
-                )
-            node = node[key]
-    return "could not parse the command line; check the --config overrides"
-
-
-def read_config_flag(
-    argv: list[str], flag_values: flags.FlagValues, config_flag: flags.FlagHolder, hint: str
-) -> ConfigDict:
-    """Parses ``argv`` into ``flag_values`` and returns the ``--config`` ConfigDict (overrides applied), or
-    raises ConfigError with one line, explaining bad overrides as the train CLI does; ``hint`` names the
-    config files to pass."""
-    try:
-        flag_values(argv)
-        raw = config_flag.value
-        if raw is None:
-            raise ConfigError(f"missing --config; pass --config {hint}")
-        raw.to_dict()
-    except flags.Error as e:
-        raise ConfigError(flag_error_line(e)) from e
-    except (AttributeError, KeyError, TypeError, OSError, ValueError) as e:
-        if isinstance(e, ConfigError):
-            raise
-        raise ConfigError(_explain_override_error(argv)) from e
-    return raw
 
 
 def parse_config(argv: list[str]) -> Config:
     """Flags -> validated Config, or ConfigError with one line."""
-    return load_config(read_config_flag(argv, FLAGS, _CONFIG, "configs/<name>.py"))
+    return load_config(COMMAND.parse(argv).config)
 
 
 def save_due(step: int, every: int, final: bool) -> bool:
@@ -124,8 +64,11 @@ def run(config: Config) -> list[dict[str, float]]:
     except ValueError as e:
         raise ConfigError(f"config.mesh: {e}") from e
     prompts = build_prompt_source(config.data)
-    bundle = build_pipeline(config, prompts.vocabulary)
     reward = build_reward(config.reward.name, config.reward.options)
+    check_reads(
+        reward.reads, prompts.arrays, f"reward {config.reward.name!r}", f"prompt source {config.data.name!r}", "data.name"
+    )
+    bundle = build_pipeline(config, prompts.vocabulary)
     frozen = {**bundle.frozen, "reward": reward.params}
     tx = grpo.make_optimizer(config)
     state = grpo.init_train_state(bundle.params, frozen, tx, config)
@@ -206,6 +149,7 @@ def run(config: Config) -> list[dict[str, float]]:
                 state.params,
                 state.frozen,
                 {"step": step + 1, "method": config.advantage.method, "reward": config.reward.name},
+                getattr(bundle.tokenize, "words", ()),
             )
         if stop.raised:
             tqdm.write(f"stopped by signal after step {step + 1}; rerun the same command to resume")
@@ -237,25 +181,23 @@ class _PreemptionFlag:
         self.raised = True
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv if argv is None else argv)
-    verbose = "--verbose" in argv or "--verbose=true" in argv
-    try:
-        config = parse_config(argv)
-        if _MULTIHOST.value:
-            parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-        history = run(config)
-    except (*USER_ERRORS, FloatingPointError) as e:
-        if verbose:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def train_command(parsed: Parsed) -> str:
+    """The train command's body: validated config -> (multi-host join) -> run -> summary line."""
+    config = load_config(parsed.config)
+    if parsed.flags["multihost"].value:
+        parallel.initialize_distributed(
+            parsed.flags["coordinator_address"].value,
+            parsed.flags["num_processes"].value,
+            parsed.flags["process_id"].value,
+        )
+    history = run(config)
     first, last = history[0]["reward_mean"], history[-1]["reward_mean"]
-    print(
-        f"done: {len(history)} steps, mean reward {first:.4f} -> {last:.4f}; metrics in {config.train.output_dir}"
-    )
-    return 0
+    return f"done: {len(history)} steps, mean reward {first:.4f} -> {last:.4f}; metrics in {config.train.output_dir}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    return COMMAND.main(train_command, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

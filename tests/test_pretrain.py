@@ -13,7 +13,7 @@ from cli_runner import one_line_error, run_module
 from slas_jax import pretrain
 from slas_jax.models.conversion import ConversionError
 from slas_jax.pipelines import build_pipeline
-from slas_jax.pipelines.pretrained import (
+from slas_jax.weights import (
     export_policy,
     load_base_model,
     params_hash,
@@ -191,7 +191,7 @@ def test_zero_init_pattern_that_matches_nothing_is_refused(tmp_path):
 
 def test_cli_bad_value_fails_with_one_line():
     out = run_module(
-        "slas_jax.pretrain",
+        "slas_jax.testbed.pretrain",
         "--config",
         ROOT / "configs" / "shapes_pretrain_flow.py",
         "--config.pretrain.steps=0",

@@ -6,14 +6,13 @@ Every prompt set has the same three features: ``id`` (int64, the record's positi
 ``tfds.data_source`` the text features come back as bytes. One builder class, ``PromptSet``, stores any list
 of records; its config name is the set's name, so a set lives in ``<data_dir>/prompt_set/<name>/1.0.0/``.
 Readers turn sources into records: ``read_prompt_lines`` (one prompt per line, e.g. HPDv2),
-``read_geneval_jsonl`` (GenEval's evaluation_metadata.jsonl), ``read_unigenbench_csv`` (UniGenBench++'s CSVs)
-and ``shapes_records`` (the shapes testbed's train / held-out sets). On a multi-host run, build each set once
+``read_geneval_jsonl`` (GenEval's evaluation_metadata.jsonl) and ``read_unigenbench_csv`` (UniGenBench++'s
+CSVs); the shapes testbed adds its train / held-out sets (``slas_jax.testbed.prompts``). On a multi-host run, build each set once
 before launching, or give every host its own ``data_dir``: tfds does not lock a folder against a concurrent build.
 
 The stream: stream position p (0, 1, 2, ...) reads record perm_e[p mod n] with e = p // n the epoch and perm_e
 a permutation seeded by (seed, e). A batch is addressed by the stream position of its first prompt, so a run
 resumed at position p (prompts consumed so far) sees exactly the batches it would have seen.
-``ShapesPrompts`` (prompt source "shapes") serves the testbed to the trainer this way.
 """
 
 from __future__ import annotations
@@ -33,8 +32,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from slas_jax.data.shapes import VOCABULARY, PromptSpec, encode_specs, split_specs
-from slas_jax.data.sources import register_source
+from slas_jax.data.geneval import PromptSpec
 
 BUILDER_NAME = "prompt_set"
 SPLIT = "prompts"
@@ -205,11 +203,6 @@ def read_unigenbench_csv(path: str | Path, prompt_column: str = "prompt_en") -> 
     ]
 
 
-def shapes_records(split: str) -> list[PromptRecord]:
-    """The shapes testbed's "train" or "held_out" prompts, with GenEval-layout metadata."""
-    return [PromptRecord(s.prompt, s.to_geneval()) for s in split_specs(split)]
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Stream
 
@@ -295,21 +288,3 @@ def prompt_batches(
             source, batch_size, index, seed=seed, process_index=process_index, process_count=process_count
         )
         index += batch_size
-
-
-@register_source("shapes")
-class ShapesPrompts:
-    """The shapes testbed as a prompt source: ``split`` "train" or "held_out", stored as TFDS under
-    ``data_dir`` on first use; batch(start, size) -> (prompts, {"shapes_spec": (size, MAX_CLAUSES,
-    CLAUSE_FIELDS) int32}) for the "shapes" reward, in the seeded epoch order of ``batch_at``."""
-
-    vocabulary = VOCABULARY
-
-    def __init__(self, split: str = "train", data_dir: str = "~/tensorflow_datasets", seed: int = 0):
-        self.source = prompt_source(f"shapes_{split}", shapes_records(split), Path(data_dir).expanduser())
-        self.seed = seed
-
-    def batch(self, start: int, size: int) -> tuple[list[str], dict[str, np.ndarray]]:
-        """Prompts at stream positions start .. start + size - 1 and their encoded metadata."""
-        prompts = batch_at(self.source, size, start, seed=self.seed)
-        return prompts.prompts, {"shapes_spec": encode_specs(prompts.metadata)}

@@ -36,7 +36,7 @@ def build_pipeline(config: Config, vocabulary: Sequence[str] = ()) -> PipelineBu
         from slas_jax.pipelines.flux import build_flux_pipeline as build
     bundle = build(config, vocabulary=vocabulary)
     if config.model.init_checkpoint:
-        from slas_jax.pipelines.pretrained import restore_pretrained
+        from slas_jax.weights import restore_pretrained
 
         bundle = restore_pretrained(bundle, config.model.init_checkpoint)
     return bundle

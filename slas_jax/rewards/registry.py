@@ -9,6 +9,10 @@ from typing import Any
 import jax
 import numpy as np
 
+from slas_jax.config import ConfigError, bind_options
+from slas_jax.errors import UserError
+from slas_jax.registry import Registry
+
 
 @dataclass(frozen=True)
 class Reward:
@@ -18,29 +22,41 @@ class Reward:
     train state so they are sharded and jit arguments rather than compiled-in constants.
     prepare: host-side prompts -> per-prompt arrays the reward needs in the batch (e.g. its own tokenizer's
     ids under a key of its own), merged into every training batch; None when the reward needs nothing.
+    reads: the batch arrays ``fn`` reads that the prompt source must provide (``prepare``'s are its own).
     """
 
     fn: Callable[[Any, jax.Array, Mapping[str, jax.Array]], jax.Array]
     params: Any = None
     prepare: Callable[[Sequence[str]], dict[str, np.ndarray]] | None = None
+    reads: tuple[str, ...] = ()
 
 
 RewardBuilder = Callable[..., Reward]
-REWARDS: dict[str, RewardBuilder] = {}
-
-
-def register(name: str) -> Callable[[RewardBuilder], RewardBuilder]:
-    """Decorator adding a builder ``(**options) -> Reward`` under ``name``."""
-
-    def add(builder: RewardBuilder) -> RewardBuilder:
-        REWARDS[name] = builder
-        return builder
-
-    return add
+REWARDS: Registry[RewardBuilder] = Registry("reward", "reward.name")
+register = REWARDS.register
 
 
 def build_reward(name: str, options: Mapping[str, Any]) -> Reward:
-    """The reward called ``name``, built with keyword ``options``."""
-    if name not in REWARDS:
-        raise ValueError(f"unknown reward {name!r}; choose one of {', '.join(sorted(REWARDS))}")
-    return REWARDS[name](**options)
+    """The reward called ``name``, built with keyword ``options`` (checked against the builder's signature);
+    a builder's ValueError about its options becomes a ConfigError on ``reward.options``."""
+    builder = REWARDS.get(name)
+    kwargs = bind_options(builder, options, "reward.options")
+    try:
+        return builder(**kwargs)
+    except UserError:
+        raise
+    except ValueError as e:
+        raise ConfigError(f"config.reward.options: {e}") from e
+
+
+def check_reads(
+    reads: Sequence[str], provided: Sequence[str], reader: str, provider: str, field: str
+) -> None:
+    """ConfigError naming ``field`` unless every array in ``reads`` is in ``provided``: a reward or scorer
+    (``reader``) fed by a prompt source (``provider``) that lacks what it reads would fail inside the step."""
+    missing = [key for key in reads if key not in provided]
+    if missing:
+        raise ConfigError(
+            f"config.{field}: {reader} reads {', '.join(missing)} from each batch, which {provider} does not "
+            f"provide (it provides {', '.join(provided) or 'no arrays'}); pick a prompt source made for it"
+        )

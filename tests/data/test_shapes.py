@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from slas_jax.data import shapes
-from slas_jax.data.shapes import PromptSpec
+from slas_jax.testbed.shapes import PromptSpec
 
 
 def test_grammar_covers_every_geneval_category_in_both_splits():

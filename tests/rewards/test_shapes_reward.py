@@ -8,7 +8,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from slas_jax.data import shapes
-from slas_jax.data.shapes import Clause, PromptSpec
+from slas_jax.testbed.shapes import Clause, PromptSpec
 from slas_jax.rewards import build_reward
 from slas_jax.rewards import shapes as reward
 

@@ -1,6 +1,6 @@
-"""Command line: ``python -m slas_jax.train_proxy --config configs/shapes_proxy.py [--config.key=value ...]``.
+"""Command line: ``python -m slas_jax.testbed.train_proxy --config configs/shapes_proxy.py [--config.key=value ...]``.
 
-Trains the shapes testbed's learned proxy reward (``slas_jax.rewards.proxy``) on a LIMITED labelled sample and
+Trains the shapes testbed's learned proxy reward (``slas_jax.testbed.proxy``) on a LIMITED labelled sample and
 writes it to ``output_dir`` (default ``checkpoints/shapes_proxy``). The sample, all on the TRAINING prompts:
 
 * renders: ``renders`` fresh renders of random prompts, a ``degraded_fraction`` of them blurred and noised
@@ -12,7 +12,7 @@ Each image is paired three times: with its own prompt, with a near miss (the clo
 category in words: another count, colour or relation, or the objects swapped) and with a random prompt of its
 category. Near misses are the hard negatives that make the proxy read counts, colours and relations.
 
-Labels are the ground-truth PARTIAL score (``slas_jax.rewards.shapes``) of each (image, prompt) pair. The loss
+Labels are the ground-truth PARTIAL score (``slas_jax.testbed.ground_truth``) of each (image, prompt) pair. The loss
 is the squared error of the score plus, weighted by ``rank_weight``, the squared error of the group-centred
 score of base samples with their own prompt: a group-relative advantage only sees how the proxy orders the
 samples of one prompt, and that ordering is what the proxy is worst at when it only learns absolute scores
@@ -37,24 +37,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import flags
-from ml_collections import config_flags
 from scipy import ndimage, stats
 from tqdm import tqdm
 
-from slas_jax.config import from_mapping, require
-from slas_jax.data.shapes import IMAGE_SIZE, MAX_TOKENS, VOCABULARY, PromptSpec, render, split_specs
-from slas_jax.pipelines.pretrained import count_params, load_base_model, params_hash, save_checkpoint
-from slas_jax.pretrain import generate_images, json_ready, software, warmup_cosine_adamw
-from slas_jax.rewards.proxy import build_proxy, proxy_scores
-from slas_jax.rewards.shapes import score_batch
-from slas_jax.train import USER_ERRORS, read_config_flag
-
-FLAGS = flags.FlagValues()
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a proxy config file with get_config().", flag_values=FLAGS
-)
-_VERBOSE = flags.DEFINE_bool("verbose", False, "Show tracebacks for errors.", flag_values=FLAGS)
+from slas_jax.cli import Command, Parsed
+from slas_jax.config import from_mapping, json_ready, require
+from slas_jax.evaluate import generate_images
+from slas_jax.testbed.ground_truth import score_batch
+from slas_jax.testbed.optim import warmup_cosine_adamw
+from slas_jax.testbed.proxy import build_proxy, proxy_scores
+from slas_jax.testbed.shapes import IMAGE_SIZE, MAX_TOKENS, VOCABULARY, PromptSpec, render, split_specs
+from slas_jax.weights import count_params, load_policy, params_hash, save_checkpoint, software
 
 SCORE_CHUNK = 256
 
@@ -64,7 +57,7 @@ class ProxyConfig:
     """The proxy's architecture, labelled sample and training.
 
     architecture: {"text": CLIPTextConfig fields, "vision": CLIPVisionConfig fields, "projection_dim",
-    optionally "phases" and "stem" (``slas_jax.rewards.proxy.ProxyModel``)}; model_seed: initialisation;
+    optionally "phases" and "stem" (``slas_jax.testbed.proxy.ProxyModel``)}; model_seed: initialisation;
     renders / degraded_fraction / max_blur / max_noise / base_checkpoints / base_samples / base_group_size:
     the training sample (module docstring); validation_fraction: images (whole groups) held back for the
     correlation report; ood_renders / ood_base_samples: the out-of-domain report set on held-out prompts
@@ -258,7 +251,7 @@ def labelled_pairs(
     next_unit = renders
     for k, (folder, count) in enumerate(base):
         chosen = [specs[i] for i in rng.integers(len(specs), size=count // group_size)]
-        config, bundle = load_base_model(folder)
+        config, bundle = load_policy(folder)
         if progress:
             tqdm.write(f"sampling {count} images from {folder}")
         images.append(
@@ -430,6 +423,8 @@ def train(
         params, opt_state, loss = step(params, opt_state, batch, group_batch)
         if i % config.log_every == 0 or i == config.steps - 1:
             losses.append((i, float(loss)))
+            if not np.isfinite(losses[-1][1]):
+                raise FloatingPointError(f"loss became {losses[-1][1]} at step {i}; lower learning_rate")
             bar.set_postfix(loss=f"{losses[-1][1]:.4f}")
     return graph, jax.block_until_ready(params), tokenizer, losses
 
@@ -500,26 +495,25 @@ def run(config: ProxyConfig, *, command: str = "", progress: bool = True) -> dic
     return metadata
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv if argv is None else argv)
-    verbose = "--verbose" in argv or "--verbose=true" in argv
-    try:
-        config = load_proxy_config(read_config_flag(argv, FLAGS, _CONFIG, "configs/shapes_proxy.py"))
-        metadata = run(config, command=" ".join(["python -m slas_jax.train_proxy", *argv[1:]]))
-    except USER_ERRORS as e:
-        if verbose:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+COMMAND = Command("testbed.train_proxy", __doc__, config_hint="configs/shapes_proxy.py")
+
+
+def train_proxy_command(parsed: Parsed) -> str:
+    """The command's body: validated config -> labelled sample, training, report, checkpoint -> summary."""
+    config = load_proxy_config(parsed.config)
+    metadata = run(config, command=" ".join([COMMAND.prog, *sys.argv[1:]]))
     val = metadata["eval"]["validation"]["all"]
     ood = metadata["eval"]["held_out_prompts"]["all"]
-    print(
+    return (
         f"done: validation pearson {val.get('pearson', float('nan')):.3f} spearman "
         f"{val.get('spearman', float('nan')):.3f}; held-out prompts pearson {ood.get('pearson', float('nan')):.3f}; "
         f"params sha256 {metadata['params_sha256'][:16]}; saved to {config.output_dir}"
     )
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return COMMAND.main(train_proxy_command, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,8 +1,6 @@
-"""A programmatic reward for smoke runs: the brightness of the image region a prompt names.
-
-Prompts such as "bright top" carry a ``region`` index (see ``slas_jax.data.brightness``); the reward is the
-mean luminance of that region, in [0, 1]: a signal a randomly initialised model can climb within minutes.
-"""
+"""The brightness smoke task: prompts "bright <region>" and a programmatic reward, the mean luminance of
+the region a prompt names, in [0, 1]: a signal a randomly initialised model climbs within minutes
+(``configs/brightness_cpu.py``)."""
 
 from __future__ import annotations
 
@@ -10,10 +8,13 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from slas_jax.data.sources import register_source
 from slas_jax.rewards.registry import Reward, register
 
 REGIONS = ("top", "bottom", "left", "right", "centre")
+PROMPTS = tuple(f"bright {region}" for region in REGIONS)
 
 
 def region_masks(height: int, width: int) -> jax.Array:
@@ -35,9 +36,22 @@ def region_brightness(images: jax.Array, region: jax.Array) -> jax.Array:
 
 @register("brightness")
 def brightness_reward() -> Reward:
-    """Region brightness; needs ``region`` (b,) int in the batch."""
+    """Region brightness; reads ``region`` (b,) int from the batch."""
 
     def fn(_params: None, images: jax.Array, batch: Mapping[str, jax.Array]) -> jax.Array:
         return region_brightness(images, batch["region"])
 
-    return Reward(fn=fn)
+    return Reward(fn=fn, reads=("region",))
+
+
+@register_source("brightness")
+class BrightnessPrompts:
+    """A deterministic, endless stream of the five brightness prompts, addressed by position."""
+
+    vocabulary = ("bright", *REGIONS)
+    arrays = ("region",)
+
+    def batch(self, start: int, size: int) -> tuple[list[str], dict[str, np.ndarray]]:
+        """Prompts at stream positions start .. start + size - 1, and ``region`` (size,) int32 for the reward."""
+        regions = np.arange(start, start + size) % len(PROMPTS)
+        return [PROMPTS[r] for r in regions], {"region": regions.astype(np.int32)}

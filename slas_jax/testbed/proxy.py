@@ -7,7 +7,7 @@ pair as
     score = exp(logit_scale) * cosine(image embedding, text embedding) + bias,
 
 HPS's form (a scaled CLIP cosine) plus a bias, regressed onto the ground-truth PARTIAL score of a limited
-labelled sample (``python -m slas_jax.train_proxy --config configs/shapes_proxy.py``), including how it orders
+labelled sample (``python -m slas_jax.testbed.train_proxy --config configs/shapes_proxy.py``), including how it orders
 the samples of one prompt, and averaged over every alignment of the image with the ViT's patch grid
 (:class:`ProxyModel`). Like HPS it is imperfect (trained on a few thousand base-model samples, it has never
 seen most images a policy will produce) and exploitable: a policy can raise the cosine without satisfying
@@ -32,12 +32,12 @@ import numpy as np
 from flax import nnx
 
 from slas_jax.models import clip, layers
-from slas_jax.pipelines.pretrained import read_metadata, restore_groups
 from slas_jax.rewards.registry import Reward, register
 from slas_jax.tokenizers import WordTokenizer
+from slas_jax.weights import read_metadata, restore_groups
 
 DEFAULT_CHECKPOINT = "checkpoints/shapes_proxy"
-REGENERATE = "python -m slas_jax.train_proxy --config configs/shapes_proxy.py"
+REGENERATE = "python -m slas_jax.testbed.train_proxy --config configs/shapes_proxy.py"
 TOKENS_KEY = "proxy_tokens"
 
 

@@ -32,13 +32,15 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slas_jax.data.shapes import (
+from slas_jax.rewards.registry import Reward, register
+from slas_jax.scorers import SCORERS, Scorer
+from slas_jax.testbed.shapes import (
     BACKGROUND,
     COLORS,
     PALETTE,
@@ -50,8 +52,8 @@ from slas_jax.data.shapes import (
     shape_coverage,
     shape_mask,
 )
-from slas_jax.rewards.registry import Reward, register
 
+SPEC_KEY = "shapes_spec"
 MIN_AREA = 10
 # A pixel whose colour is farther than this from its nearest background-to-colour segment is off-palette.
 # Each palette colour is >= 0.45 from every other colour's segment; Gaussian pixel noise of sigma 0.05 moves a
@@ -310,9 +312,9 @@ def score_batch(
 
 
 @register("shapes")
-def shapes_reward(kind: str = "partial") -> Reward:
+def shapes_reward(kind: Literal["partial", "strict"] = "partial") -> Reward:
     """The shapes testbed reward, "partial" (training) or "strict"; needs ``shapes_spec`` (b, MAX_CLAUSES,
-    CLAUSE_FIELDS) int32 in the batch (``slas_jax.data.shapes.encode_spec``). Runs on the host through
+    CLAUSE_FIELDS) int32 in the batch (``slas_jax.testbed.shapes.encode_spec``). Runs on the host through
     ``jax.pure_callback``, so it works inside the jitted train step."""
     if kind not in ("partial", "strict"):
         raise ValueError(f"shapes reward kind must be 'partial' or 'strict', got {kind!r}")
@@ -326,7 +328,17 @@ def shapes_reward(kind: str = "partial") -> Reward:
             host_score,
             jax.ShapeDtypeStruct(images.shape[:1], jnp.float32),
             images.astype(jnp.float32),
-            batch["shapes_spec"],
+            batch[SPEC_KEY],
         )
 
-    return Reward(fn=fn)
+    return Reward(fn=fn, reads=(SPEC_KEY,))
+
+
+def shapes_scorer(images: np.ndarray, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The ground truth as an evaluation scorer: strict and partial (n,) float32 of images (n, h, w, 3)
+    float32 in [0, 1] against ``arrays["shapes_spec"]`` (n, MAX_CLAUSES, CLAUSE_FIELDS) int32."""
+    strict, partial = score_batch(np.asarray(images, np.float32), [decode_spec(e) for e in arrays[SPEC_KEY]])
+    return {"strict": strict, "partial": partial}
+
+
+SCORERS.register("shapes")(Scorer(fn=shapes_scorer, reads=(SPEC_KEY,)))

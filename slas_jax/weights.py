@@ -1,12 +1,13 @@
-"""Project-pretrained weights (``python -m slas_jax.pretrain``, ``python -m slas_jax.rewards.proxy``): saving,
-hashing and restoring them.
+"""Weight folders: a trained backbone (and, for randomly initialised models, their text encoder) with the
+record of how it was made. Pretraining runs, ``train.export_every`` policy exports and learned rewards write
+them; ``model.init_checkpoint`` starts a run from one.
 
-A checkpoint folder holds ``params/`` (Orbax, one array per parameter, keyed by its dotted pytree path under
-its group, e.g. ``backbone.x_embedder.kernel.value`` or ``text.text_model.final_layer_norm.scale.value``) and
-``metadata.json`` (the architecture, the config it was trained with, evaluation numbers, the parameter hash
-and the command that regenerates it). :func:`restore_pretrained` puts a base model's ``backbone`` and
-``text`` groups into a :class:`~slas_jax.pipelines.PipelineBundle` built from the same config (the
-``model.init_checkpoint`` hook of ``build_pipeline``).
+A folder holds ``params/`` (Orbax, one array per parameter, keyed by its dotted pytree path under its group,
+e.g. ``backbone.x_embedder.kernel.value`` or ``text.text_model.final_layer_norm.scale.value``) and
+``metadata.json`` (the ``model`` and ``sampler`` config sections, the prompt vocabulary of a word-level
+tokenizer, evaluation numbers, the parameter hash and the ``command`` that regenerates it).
+:func:`restore_pretrained` puts a folder's ``backbone`` (and ``text``, when it holds one) into a
+:class:`~slas_jax.pipelines.PipelineBundle` built from the same config.
 """
 
 from __future__ import annotations
@@ -14,26 +15,24 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping
+import platform
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import flax
 import jax
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 
-from slas_jax.config import Config, load_config
+from slas_jax.config import Config, json_ready, load_config
 from slas_jax.models.conversion import ConversionError
 from slas_jax.pipelines import PipelineBundle, build_pipeline
-from slas_jax.samplers import FlowSampler
 
 PARAMS_DIR = "params"
 METADATA_FILE = "metadata.json"
-REGENERATE = {
-    "flow": "python -m slas_jax.pretrain --config configs/shapes_pretrain_flow.py",
-    "unet": "python -m slas_jax.pretrain --config configs/shapes_pretrain_unet.py",
-}
-REGENERATE_ANY = "python -m slas_jax.pretrain --config configs/shapes_pretrain_<flow|unet>.py"
+WRITTEN_BY = "a pretraining run or train.export_every"
 
 
 def _path_key(path: tuple[Any, ...]) -> str:
@@ -76,16 +75,25 @@ def save_checkpoint(folder: str | Path, groups: Mapping[str, Any], metadata: Map
     (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
 
 
-def read_metadata(folder: str | Path, regenerate: str) -> dict[str, Any]:
+def read_metadata(folder: str | Path, regenerate: str = "") -> dict[str, Any]:
     """``folder/metadata.json``; FileNotFoundError naming the folder, the files and ``regenerate`` (the
-    command that writes them) when the checkpoint is not there."""
+    command that writes them; default: what writes weight folders) when the folder is not there."""
     folder = Path(folder)
     if not (folder / METADATA_FILE).is_file() or not (folder / PARAMS_DIR).is_dir():
         raise FileNotFoundError(
-            f"pretrained checkpoint {folder.absolute()} is missing (it needs {METADATA_FILE} and {PARAMS_DIR}/); "
-            f"regenerate it with `{regenerate}`"
+            f"weights folder {folder.absolute()} is missing (it needs {METADATA_FILE} and {PARAMS_DIR}/); "
+            f"regenerate it with `{regenerate or WRITTEN_BY}`"
         )
-    return json.loads((folder / METADATA_FILE).read_text())
+    try:
+        return json.loads((folder / METADATA_FILE).read_text())
+    except json.JSONDecodeError as e:
+        raise ConversionError(f"{folder / METADATA_FILE} is not valid JSON ({e}); regenerate the folder") from e
+
+
+def stored_groups(folder: str | Path) -> set[str]:
+    """The parameter groups (``backbone``, ``text``, ...) a weights folder holds."""
+    stored = ocp.StandardCheckpointer().metadata(Path(folder).absolute() / PARAMS_DIR).item_metadata
+    return {key.split(".", 1)[0] for key in stored}
 
 
 def restore_groups(folder: str | Path, groups: Mapping[str, Any], regenerate: str) -> dict[str, Any]:
@@ -129,62 +137,80 @@ def restore_groups(folder: str | Path, groups: Mapping[str, Any], regenerate: st
 
 
 def restore_pretrained(bundle: PipelineBundle, path: str | Path) -> PipelineBundle:
-    """``bundle`` with its backbone (``params``) and text encoder (``frozen["text"]``) replaced by the
-    pretrained weights in ``path`` (a folder written by ``python -m slas_jax.pretrain``).
+    """``bundle`` with its backbone (``params``) and, when the folder holds one, its text encoder
+    (``frozen["text"]``) replaced by the weights in ``path``.
 
-    The bundle must come from a randomly initialised pipeline built from the same model config as the
-    checkpoint (the architecture is checked parameter by parameter). Missing folder: FileNotFoundError;
-    other architecture: ConversionError; both one line naming the command that regenerates the checkpoint.
+    The bundle must come from the model config the folder records (the architecture is checked parameter by
+    parameter). Missing folder: FileNotFoundError; other architecture: ConversionError; both one line naming
+    the command that regenerates the folder (its metadata's ``command``).
     """
-    kind = "flow" if isinstance(bundle.pipeline.sampler, FlowSampler) else "unet"
-    if "text" not in bundle.frozen:
-        raise ConversionError(
-            f"pretrained checkpoint {path}: the pipeline has no single text encoder ('text'); project "
-            "checkpoints fit randomly initialised pixel-space pipelines only"
-        )
-    restored = restore_groups(
-        path, {"backbone": bundle.params, "text": bundle.frozen["text"]}, REGENERATE[kind]
-    )
+    regenerate = read_metadata(path).get("command", "")
+    groups = {"backbone": bundle.params}
+    if "text" in stored_groups(path):
+        if "text" not in bundle.frozen:
+            raise ConversionError(
+                f"weights folder {path} holds a text encoder ('text') but the pipeline has no single one"
+            )
+        groups["text"] = bundle.frozen["text"]
     # Back onto jax arrays (Orbax returns numpy), keeping each nnx.State's structure.
-    restored = jax.tree.map(jax.numpy.asarray, restored)
-    return dataclasses.replace(
-        bundle, params=restored["backbone"], frozen={**bundle.frozen, "text": restored["text"]}
-    )
+    restored = jax.tree.map(jax.numpy.asarray, restore_groups(path, groups, regenerate))
+    frozen = {**bundle.frozen, **({"text": restored["text"]} if "text" in restored else {})}
+    return dataclasses.replace(bundle, params=restored["backbone"], frozen=frozen)
 
 
-def load_base_model(folder: str | Path) -> tuple[Config, PipelineBundle]:
-    """A pretrained base model as its checkpoint records it: the run config holding its ``model`` (with
+def load_policy(folder: str | Path) -> tuple[Config, PipelineBundle]:
+    """The model in a weights folder as it records it: the run config holding its ``model`` (with
     ``init_checkpoint`` = ``folder``) and ``sampler`` sections (other sections at their defaults), and the
-    bundle built from it with the pretrained weights."""
-    metadata = read_metadata(folder, REGENERATE_ANY)
+    bundle built from it with the stored weights."""
+    metadata = read_metadata(folder)
     config = load_config(
         {"model": {**metadata["model"], "init_checkpoint": str(folder)}, "sampler": metadata["sampler"]}
     )
-    return config, build_pipeline(config, metadata["vocabulary"])
+    return config, build_pipeline(config, metadata.get("vocabulary", ()))
 
 
 def export_policy(
-    folder: str | Path, config: Config, params: Any, frozen: Mapping[str, Any], info: Mapping[str, Any]
+    folder: str | Path,
+    config: Config,
+    params: Any,
+    frozen: Mapping[str, Any],
+    info: Mapping[str, Any],
+    vocabulary: Sequence[str] = (),
 ) -> str:
-    """Writes an RL-trained policy as a base-model checkpoint (the layout :func:`load_base_model` reads and
-    ``model.init_checkpoint`` accepts): ``params`` (the backbone) and ``frozen["text"]`` under the metadata
-    of ``config.model.init_checkpoint`` (architecture, sampler, vocabulary), plus ``info`` (how it was
-    trained) as ``metadata["rl"]``. Returns the parameter hash. Gathers every leaf to this host, so it
-    suits models that fit one host's memory (the project's pixel-space base models)."""
-    source = config.model.init_checkpoint
-    if not source or "text" not in frozen:
-        raise ConversionError(
-            "exporting a policy needs a project base model (model.init_checkpoint, written by "
-            "`python -m slas_jax.pretrain`) and its single text encoder"
-        )
-    base = read_metadata(source, REGENERATE_ANY)
-    groups = {"backbone": jax.device_get(params), "text": jax.device_get(frozen["text"])}
+    """Writes an RL-trained policy as a weights folder that :func:`load_policy` and ``model.init_checkpoint``
+    read, for every backbone: ``params`` (the backbone) and, for a randomly initialised model (no
+    ``model.checkpoint``), ``frozen["text"]``, under the run's ``model`` and ``sampler`` sections, the
+    prompt ``vocabulary`` of its word-level tokenizer and ``info`` (how it was trained) as
+    ``metadata["rl"]``. Returns the parameter hash. Gathers every leaf to this host, so it suits models that
+    fit one host's memory."""
+    groups = {"backbone": jax.device_get(params)}
+    if config.model.checkpoint is None and "text" in frozen:
+        groups["text"] = jax.device_get(frozen["text"])
     digest = params_hash(groups)
+    source = config.model.init_checkpoint or config.model.checkpoint
+    model = dataclasses.replace(config.model, init_checkpoint=None)
     metadata = {
-        **{k: base[k] for k in ("kind", "family", "model", "sampler", "vocabulary")},
-        "rl": {**info, "init_checkpoint": str(source)},
+        "kind": "policy",
+        "family": config.model.family,
+        "model": json_ready(model),
+        "sampler": json_ready(config.sampler),
+        "vocabulary": list(vocabulary),
+        "rl": {**info, "init_checkpoint": source},
         "num_params": {k: count_params(v) for k, v in groups.items()},
         "params_sha256": digest,
     }
     save_checkpoint(folder, groups, metadata)
     return digest
+
+
+def software() -> dict[str, str]:
+    """Versions that bit-for-bit regeneration depends on."""
+    return {
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "numpy": np.__version__,
+        "backend": jax.default_backend(),
+        "machine": platform.machine(),
+    }

@@ -1,7 +1,7 @@
-"""Command line: ``python -m slas_jax.pretrain --config configs/shapes_pretrain_flow.py [--config.a.b=v ...]``.
+"""Command line: ``python -m slas_jax.testbed.pretrain --config configs/shapes_pretrain_flow.py [--config.a.b=v ...]``.
 
 Pretrains a shapes-testbed base model, jointly with its text encoder, on rendered (image, caption) pairs of
-the shapes TRAINING prompts (``slas_jax.data.shapes``; images 32x32 RGB scaled to [-1, 1]):
+the shapes TRAINING prompts (``slas_jax.testbed.shapes``; images 32x32 RGB scaled to [-1, 1]):
 
 * ``model.family == "flux"``: flow matching. x_s = (1 - s) x0 + s noise, target velocity noise - x0, the
   model conditioned on s itself; s = shift(sigmoid(n)), n ~ N(logit_mean, logit_std^2) (SD3's logit-normal,
@@ -13,10 +13,10 @@ A fraction ``cond_dropout`` of captions is replaced by the negative prompt's tok
 ``uncond_tokens``) so that classifier-free guidance works. Training runs through the bundle's own
 ``pipeline.encode`` / ``pipeline.denoise``, so the weights drop straight into the RL pipelines
 (``model.init_checkpoint``). Training stops after ``pretrain.steps`` on purpose: the base model must stay
-imperfect. Afterwards GenEval-style accuracy (the ground-truth scorer of ``slas_jax.rewards.shapes``, strict and
+imperfect. Afterwards GenEval-style accuracy (the ground-truth scorer of ``slas_jax.testbed.ground_truth``, strict and
 partial, overall and per category) is measured on images sampled with the RL sampler settings
 (``grpo.make_generate``) for every training and held-out prompt, and the checkpoint is written to
-``pretrain.output_dir`` (``slas_jax.pipelines.pretrained``) with a JSON of config, eval numbers and the hash
+``pretrain.output_dir`` (``slas_jax.weights``) with a JSON of config, eval numbers and the hash
 of the parameters. JAX on CPU is deterministic: the same command on the same machine and software reproduces
 the parameters bit for bit (same hash).
 
@@ -26,37 +26,28 @@ Bad configs end with one line on stderr and exit code 2 (``--verbose`` shows the
 from __future__ import annotations
 
 import dataclasses
-import platform
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import flags
-from ml_collections import config_flags
 from tqdm import tqdm
 
-from slas_jax.config import Config, from_mapping, load_config, require
-from slas_jax.data.shapes import TAGS, VOCABULARY, PromptSpec, render, split_specs
-from slas_jax.grpo import make_generate
+from slas_jax.cli import Command, Parsed
+from slas_jax.config import Config, from_mapping, json_ready, load_config, require
+from slas_jax.evaluate import generate_images
 from slas_jax.param_paths import select
 from slas_jax.pipelines import PipelineBundle, build_pipeline
-from slas_jax.pipelines.pretrained import count_params, params_hash, save_checkpoint
-from slas_jax.rewards.shapes import score_batch
 from slas_jax.samplers.flow import time_shift
-from slas_jax.train import USER_ERRORS, read_config_flag
-
-FLAGS = flags.FlagValues()
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a pretraining config file with get_config().", flag_values=FLAGS
-)
-_VERBOSE = flags.DEFINE_bool("verbose", False, "Show tracebacks for errors.", flag_values=FLAGS)
+from slas_jax.testbed.ground_truth import score_batch
+from slas_jax.testbed.optim import warmup_cosine_adamw
+from slas_jax.testbed.shapes import TAGS, VOCABULARY, PromptSpec, render, split_specs
+from slas_jax.weights import count_params, params_hash, save_checkpoint, software
 
 
 def _require(ok: bool, name: str, message: str) -> None:
@@ -138,11 +129,12 @@ def load_pretrain_config(values: Any) -> tuple[Config, PretrainConfig]:
     return load_config(values), pretrain
 
 
+COMMAND = Command("testbed.pretrain", __doc__, config_hint="configs/shapes_pretrain_<flow|unet>.py")
+
+
 def parse_config(argv: list[str]) -> tuple[Config, PretrainConfig]:
     """Flags -> validated configs, or ConfigError with one line."""
-    return load_pretrain_config(
-        read_config_flag(argv, FLAGS, _CONFIG, "configs/shapes_pretrain_<flow|unet>.py")
-    )
+    return load_pretrain_config(COMMAND.parse(argv).config)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -219,23 +211,6 @@ def zero_init(params: Any, patterns: Sequence[str]) -> Any:
     return jax.tree.map(lambda leaf, hit: jnp.zeros_like(leaf) if hit else leaf, params, mask)
 
 
-def warmup_cosine_adamw(
-    learning_rate: float,
-    warmup_steps: int,
-    steps: int,
-    *,
-    final_lr_fraction: float,
-    grad_clip: float,
-    weight_decay: float,
-) -> optax.GradientTransformation:
-    """AdamW with linear warmup to ``learning_rate`` and cosine decay to ``final_lr_fraction`` of it at
-    ``steps``, behind global-norm clipping at ``grad_clip``."""
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, learning_rate, warmup_steps, steps, end_value=learning_rate * final_lr_fraction
-    )
-    return optax.chain(optax.clip_by_global_norm(grad_clip), optax.adamw(schedule, weight_decay=weight_decay))
-
-
 def make_optimizer(pc: PretrainConfig) -> optax.GradientTransformation:
     """The pretraining optimizer of ``pc``."""
     return warmup_cosine_adamw(
@@ -250,41 +225,6 @@ def make_optimizer(pc: PretrainConfig) -> optax.GradientTransformation:
 
 # ---------------------------------------------------------------------------------------------------------
 # Evaluation
-
-
-def generate_images(
-    bundle: PipelineBundle,
-    config: Config,
-    params: Any,
-    frozen: Any,
-    prompts: Sequence[str],
-    *,
-    samples_per_prompt: int,
-    seed: int,
-    chunk: int,
-) -> np.ndarray:
-    """Images of ``prompts`` sampled with the run's sampler (``grpo.make_generate``: its steps, noise and
-    CFG), ``samples_per_prompt`` each, ``chunk`` prompts per call (the last chunk padded by repeating its
-    first prompt, so one compilation serves every call); chunk c uses key fold_in(PRNGKey(seed), c).
-
-    Returns (len(prompts) * samples_per_prompt, h, w, 3) float32 in [0, 1], sample j of prompt i at
-    i * samples_per_prompt + j.
-    """
-    generate = make_generate(bundle.pipeline, config)
-    tokens = bundle.tokenize(list(prompts))
-    out = []
-    for c, start in enumerate(range(0, len(prompts), chunk)):
-        part = tokens[start : start + chunk]
-        padded = np.concatenate([part, np.repeat(part[:1], chunk - len(part), axis=0)])
-        images = generate(
-            params,
-            frozen,
-            {"tokens": jnp.asarray(padded)},
-            jax.random.fold_in(jax.random.PRNGKey(seed), c),
-            samples_per_prompt=samples_per_prompt,
-        )
-        out.append(np.asarray(images)[: len(part) * samples_per_prompt])
-    return np.concatenate(out)
 
 
 def accuracy(images: np.ndarray, specs: Sequence[PromptSpec], samples_per_prompt: int) -> dict[str, Any]:
@@ -335,19 +275,6 @@ def evaluate(
 
 # ---------------------------------------------------------------------------------------------------------
 # The run
-
-
-def software() -> dict[str, str]:
-    """Versions that bit-for-bit regeneration depends on."""
-    return {
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "flax": flax.__version__,
-        "optax": optax.__version__,
-        "numpy": np.__version__,
-        "backend": jax.default_backend(),
-        "machine": platform.machine(),
-    }
 
 
 def train(
@@ -432,39 +359,22 @@ def run(config: Config, pc: PretrainConfig, *, command: str = "", progress: bool
     return metadata
 
 
-def json_ready(value: Any) -> Any:
-    """Config values as JSON (dataclasses and mappings as dicts, tuples as lists)."""
-    if dataclasses.is_dataclass(value):
-        return {f.name: json_ready(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {k: json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_ready(v) for v in value]
-    return value
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv if argv is None else argv)
-    verbose = "--verbose" in argv or "--verbose=true" in argv
-    try:
-        config, pc = parse_config(argv)
-        command = " ".join(["python -m slas_jax.pretrain", *argv[1:]])
-        metadata = run(config, pc, command=command)
-    except (*USER_ERRORS, FloatingPointError) as e:
-        if verbose:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def pretrain_command(parsed: Parsed) -> str:
+    """The command's body: validated configs -> pretraining, evaluation, checkpoint -> summary line."""
+    config, pc = load_pretrain_config(parsed.config)
+    metadata = run(config, pc, command=" ".join([COMMAND.prog, *sys.argv[1:]]))
     summary = ", ".join(
-        f"{split} strict {m['strict']:.3f} partial {m['partial']:.3f}"
-        for split, m in metadata["eval"].items()
+        f"{split} strict {m['strict']:.3f} partial {m['partial']:.3f}" for split, m in metadata["eval"].items()
     )
-    print(
+    return (
         f"done: {pc.steps} steps in {metadata['seconds']['train']:.0f} s; {summary or 'no eval'}; "
         f"params sha256 {metadata['params_sha256'][:16]}; saved to {pc.output_dir}"
     )
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return COMMAND.main(pretrain_command, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())
