@@ -23,9 +23,8 @@ import ml_collections
 from slas_jax.config import defaults
 
 HERE = Path(__file__).resolve().parent
-# Per backbone: which transitions draw noise and train, and which parameters train. The flow settings are
-# measured (see get_config); the UNet keeps noise at every step and trains steps 3-8 of its 10 DDIM steps
-# and every parameter, not re-measured since the window was introduced.
+# Per backbone: which transitions draw noise and train, and which parameters train (docs/testbed.md has the
+# measurements; the UNet's settings predate the window and were not re-measured with it).
 RL_SETTINGS = {
     "flow": {
         "sde_window": (3, 5),
@@ -80,20 +79,12 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.loss.kl_beta = 0.04
     c.advantage.method = chosen["method"]
     c.loss.clip_range = 0.05
-    # Noise only at steps 3 and 4 of 8 (Flow-GRPO-Fast), and the loss trains exactly those. On the 3,000-step
-    # base model (32 training prompts x 8 samples, noise drawn per sample from step k on and shared within a
-    # group before it) the within-group variance of the partial score is 0.051 with noise from step 0,
-    # 0.048 from step 3, 0.041 / 0.027 / 0.020 from steps 4 / 5 / 6: steps 0-2 add nothing, so their
-    # log-prob gradients are pure noise, and with the window every difference inside a group comes from
-    # the two transitions the loss trains. The flow base decodes its last clean estimate, which the last
-    # transition never reaches. Only the transformer blocks train: the output projection's 12 biases are
-    # shared by every 2x2 patch, and Adam turned their noisy gradients into a checkerboard over the
-    # backgrounds. Measured with the truth as reward (30 steps, paired 32 x 4 evaluation), training
-    # partial score: noise at every step, all parameters 0.487 -> 0.502; window (3, 5) 0.507 -> 0.508;
-    # window and blocks only 0.507 -> 0.519 -> 0.539 -> 0.572 (strict 28.1% -> 36.7%). Against the proxy,
-    # 40 steps (64 x 4 evaluation): 0.490 -> 0.537 (seed 0), 0.490 -> 0.543 (seed 1); learning rate 2e-4
-    # 0.490 -> 0.486 with the hacking gap at 0.095; noise level 1.0 0.481 -> 0.496. The truth as reward,
-    # same 40 steps: 0.490 -> 0.524 (strict 24.2% -> 29.7%).
+    # Noise only at steps 3 and 4 of 8 (Flow-GRPO-Fast), and the loss trains exactly those: the earlier steps'
+    # noise barely changes the outcome, so their log-prob gradients would be noise, and with the window every
+    # difference inside a group comes from the trained transitions. The flow base decodes its last clean
+    # estimate, which the last transition never reaches. Only the transformer blocks train: the output
+    # projection's biases are shared by every 2x2 patch, and Adam turned their noisy gradients into a
+    # checkerboard over the backgrounds.
     rl = RL_SETTINGS[chosen["backbone"]]
     c.sampler.sde_window = rl["sde_window"]
     c.loss.exclude_first_steps = rl["exclude_first_steps"]

@@ -1,13 +1,8 @@
 """Pretraining of the shapes testbed's flow base model: the FLUX transformer class (pixel space, 2x2 pixel
 patches as tokens, 2 double- + 2 single-stream blocks, 4 heads of 32, width 128) with its tiny CLIP text
-encoder, trained by flow matching on renders of the training prompts, stopped early on purpose (imperfect
-base model: train strict 22.6%, partial 0.466; held-out strict 8.9%, partial 0.335; 38 min alone on an earlier 2-core machine).
-6,000 steps, not 3,000 (train strict 8.2%, partial 0.251): the 3,000-step model drew blobs whose shape the
-ground truth could not tell, and every partial-credit term starts from the shape. On it the demo with the
-truth as reward stayed within noise (training prompts 32 x 4, partial 0.296 -> 0.307 after 30 steps); on
-this one it rises (0.494 -> 0.471 -> 0.531 -> 0.564 at steps 0 / 10 / 20 / 30, strict 29.7% -> 35.9%), and
-the proxy trained on its samples ranks them better (within-group agreement on held-back flow groups 0.45,
-was 0.31).
+encoder, trained by flow matching on renders of the training prompts, stopped early on purpose (an
+imperfect base model). 6,000 steps: at 3,000 the model drew blobs whose shape the ground truth cannot tell,
+and every partial-credit term starts from the shape (measurements in docs/testbed.md).
 
 Regenerate the shipped checkpoint (bit for bit on the same machine and software; compare ``params_sha256`` in
 checkpoints/shapes_flow/metadata.json):

@@ -144,7 +144,7 @@ def restore_pretrained(bundle: PipelineBundle, path: str | Path) -> PipelineBund
     parameter). Missing folder: FileNotFoundError; other architecture: ConversionError; both one line naming
     the command that regenerates the folder (its metadata's ``command``).
     """
-    regenerate = read_metadata(path).get("command", "")
+    regenerate = read_metadata(path).get("command") or WRITTEN_BY
     groups = {"backbone": bundle.params}
     if "text" in stored_groups(path):
         if "text" not in bundle.frozen:

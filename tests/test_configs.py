@@ -97,14 +97,11 @@ def test_shapes_demo_draws_noise_at_the_transitions_it_trains_and_trains_only_th
     assert trained == [True, True, False, False, False, False]
 
 
-def test_exporting_the_policy_needs_a_project_base_model():
-    config = get_config("brightness_cpu.py")
-    config.train.export_every = 5
-    with pytest.raises(ConfigError, match=r"train\.export_every: .*needs model\.init_checkpoint"):
-        load_config(config)
-    config = get_config("shapes_cpu.py")
-    config.train.export_every = 5
-    assert load_config(config).train.export_every == 5
+def test_every_backbone_can_export_its_policy():
+    for name in ("brightness_cpu.py", "shapes_cpu.py", "sd_tpu.py"):
+        config = get_config(name)
+        config.train.export_every = 5
+        assert load_config(config).train.export_every == 5, name
 
 
 def test_a_trainable_pattern_that_is_not_a_regular_expression_is_refused():

@@ -61,8 +61,7 @@ class ProxyModel(nnx.Module):
     shows each image at one random offset, scoring averages over all ``phases ** 2``, so the score does not
     depend on where the patch grid falls. That does not stop the hack RL finds against this proxy, a dot
     texture repeating with the patch grid: such a texture looks the same at every offset. What the random
-    offset in training does is generalise: the within-prompt agreement with the truth on held-back flow
-    groups rose from 0.19 to 0.28 with it (``configs/shapes_proxy.py``).
+    offset in training does is generalise (docs/testbed.md).
 
     ``stem`` (channel widths, may be empty) puts 3x3 convolutions with GELU at full resolution in front of
     the ViT's patch embedding (a hybrid ViT), so that each patch token sees edges and corners rather than

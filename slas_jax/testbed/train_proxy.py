@@ -16,7 +16,7 @@ Labels are the ground-truth PARTIAL score (``slas_jax.testbed.ground_truth``) of
 is the squared error of the score plus, weighted by ``rank_weight``, the squared error of the group-centred
 score of base samples with their own prompt: a group-relative advantage only sees how the proxy orders the
 samples of one prompt, and that ordering is what the proxy is worst at when it only learns absolute scores
-(the within-group correlation with the truth on base flow groups was 0.15 where the overall one was 0.37).
+(docs/testbed.md).
 A random ``validation_fraction`` of the images (whole groups, with all their pairs) is held back; the metadata
 reports Pearson and Spearman correlations with the truth on it (overall, per source and within groups), and
 on an out-of-domain set built the same way on the HELD-OUT prompts. Everything is seeded by ``seed``: the

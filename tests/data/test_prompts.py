@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from slas_jax.config import DataConfig
-from slas_jax.data import build_prompt_source, prompts, shapes
+from slas_jax.data import build_prompt_source, prompts
+from slas_jax.testbed import shapes
+from slas_jax.testbed.prompts import shapes_records
 from slas_jax.data.prompts import PromptRecord
 
 
@@ -19,11 +21,11 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def train_source(data_dir):
-    return prompts.prompt_source("shapes_train", prompts.shapes_records("train"), data_dir)
+    return prompts.prompt_source("shapes_train", shapes_records("train"), data_dir)
 
 
 def test_prompt_set_round_trips_through_tfds(data_dir, train_source):
-    records = prompts.shapes_records("train")
+    records = shapes_records("train")
     assert len(train_source) == len(records) == len(shapes.split_specs("train"))
     rows = train_source.__getitems__(list(range(len(records))))
     assert [row["id"] for row in rows] == list(range(len(records)))
@@ -36,13 +38,13 @@ def test_prompt_set_round_trips_through_tfds(data_dir, train_source):
 def test_stored_sets_are_reused_and_never_silently_replaced(data_dir, train_source):
     stored = data_dir / "prompt_set" / "shapes_train" / "1.0.0"
     files = {f: os.stat(f).st_mtime_ns for f in stored.iterdir()}
-    again = prompts.prompt_source("shapes_train", prompts.shapes_records("train"), data_dir)
+    again = prompts.prompt_source("shapes_train", shapes_records("train"), data_dir)
     assert {f: os.stat(f).st_mtime_ns for f in stored.iterdir()} == files
     assert again[5] == train_source[5]
     with pytest.raises(ValueError, match="built from other prompts; delete that folder"):
-        prompts.prompt_source("shapes_train", prompts.shapes_records("held_out"), data_dir)
+        prompts.prompt_source("shapes_train", shapes_records("held_out"), data_dir)
     with pytest.raises(ValueError, match="lowercase letters"):
-        prompts.prompt_source("Shapes-Train", prompts.shapes_records("train"), data_dir)
+        prompts.prompt_source("Shapes-Train", shapes_records("train"), data_dir)
 
 
 def test_readers_turn_user_files_into_records(tmp_path, data_dir):

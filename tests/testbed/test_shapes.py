@@ -5,7 +5,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from slas_jax.data import shapes
+from slas_jax.testbed import shapes
 from slas_jax.testbed.shapes import PromptSpec
 
 

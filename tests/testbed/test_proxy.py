@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from slas_jax import train_proxy
+from slas_jax.testbed import train_proxy
 from slas_jax.testbed.shapes import IMAGE_SIZE, MAX_TOKENS, VOCABULARY, split_specs
 from slas_jax.weights import params_hash
 from slas_jax.rewards import build_reward

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from slas_jax.data import shapes
+from slas_jax.testbed import shapes
 from slas_jax.testbed.shapes import Clause, PromptSpec
 from slas_jax.rewards import build_reward
-from slas_jax.rewards import shapes as reward
+from slas_jax.testbed import ground_truth as reward
 
 NUM_RENDERS = 2000
 

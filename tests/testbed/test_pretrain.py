@@ -3,6 +3,7 @@ is bit for bit, the shipped checkpoints load into the bundles their configs buil
 line naming the fix."""
 
 import dataclasses
+import re
 import runpy
 from pathlib import Path
 
@@ -10,18 +11,20 @@ import jax
 import pytest
 from cli_runner import one_line_error, run_module
 
-from slas_jax import pretrain
+from slas_jax.testbed import pretrain
+from slas_jax.config import json_ready
 from slas_jax.models.conversion import ConversionError
 from slas_jax.pipelines import build_pipeline
 from slas_jax.weights import (
     export_policy,
-    load_base_model,
+    load_policy,
     params_hash,
     read_metadata,
     restore_pretrained,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE_COMMAND = "python -m slas_jax.testbed.pretrain --config smoke.py"
 TEXT = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 1}
 TINY = {
     "flux": (
@@ -77,7 +80,7 @@ def tiny_configs(family: str, output_dir: Path):
 
 def restored_hash(config, folder: Path) -> str:
     model = dataclasses.replace(config.model, init_checkpoint=str(folder))
-    bundle = build_pipeline(dataclasses.replace(config, model=model), read_metadata(folder, "")["vocabulary"])
+    bundle = build_pipeline(dataclasses.replace(config, model=model), read_metadata(folder)["vocabulary"])
     return params_hash({"backbone": bundle.params, "text": bundle.frozen["text"]})
 
 
@@ -85,7 +88,7 @@ def restored_hash(config, folder: Path) -> str:
 def smoke_run(request, tmp_path_factory):
     """A two-step pretraining run of a tiny model of each family: (config, pretrain config, metadata)."""
     config, pc = tiny_configs(request.param, tmp_path_factory.mktemp(request.param) / "ckpt")
-    return config, pc, pretrain.run(config, pc, progress=False)
+    return config, pc, pretrain.run(config, pc, command=SMOKE_COMMAND, progress=False)
 
 
 def test_smoke_run_checkpoint_restores_identically(smoke_run):
@@ -93,7 +96,7 @@ def test_smoke_run_checkpoint_restores_identically(smoke_run):
     assert set(metadata["eval"]) == {"train", "held_out"}
     for split in metadata["eval"].values():
         assert split["images"] == 3 and 0.0 <= split["strict"] <= split["partial"] <= 1.0
-    assert metadata["model"] == pretrain.json_ready(config.model)
+    assert metadata["model"] == json_ready(config.model)
     random_bundle = build_pipeline(config, metadata["vocabulary"])
     random_hash = params_hash({"backbone": random_bundle.params, "text": random_bundle.frozen["text"]})
     assert restored_hash(config, Path(pc.output_dir)) == metadata["params_sha256"] != random_hash
@@ -118,29 +121,38 @@ def test_architecture_mismatch_and_missing_folder_name_the_regenerate_command(sm
     config, pc, _ = smoke_run
     wider = dict(config.model.text_architecture, hidden_size=32, intermediate_size=64)
     other = dataclasses.replace(config, model=dataclasses.replace(config.model, text_architecture=wider))
-    bundle = build_pipeline(other, read_metadata(pc.output_dir, "")["vocabulary"])
-    kind = "flow" if config.model.family == "flux" else "unet"
-    with pytest.raises(ConversionError, match=f"does not fit.*shapes_pretrain_{kind}.py"):
+    bundle = build_pipeline(other, read_metadata(pc.output_dir)["vocabulary"])
+    with pytest.raises(ConversionError, match=f"does not fit.*{re.escape(SMOKE_COMMAND)}"):
         restore_pretrained(bundle, pc.output_dir)
-    with pytest.raises(FileNotFoundError, match=f"is missing.*shapes_pretrain_{kind}.py"):
+    with pytest.raises(FileNotFoundError, match="is missing.*pretraining run or train.export_every"):
         restore_pretrained(bundle, tmp_path / "nowhere")
 
 
 def test_exported_policy_loads_as_a_base_model_with_its_origin(smoke_run, tmp_path):
     config, pc, metadata = smoke_run
-    base_config, bundle = load_base_model(pc.output_dir)
+    base_config, bundle = load_policy(pc.output_dir)
     trained = jax.tree.map(lambda x: x + 1, bundle.params)
-    digest = export_policy(tmp_path / "policy", base_config, trained, bundle.frozen, {"step": 3})
-    policy_config, policy = load_base_model(tmp_path / "policy")
+    vocabulary = metadata["vocabulary"]
+    digest = export_policy(tmp_path / "policy", base_config, trained, bundle.frozen, {"step": 3}, vocabulary)
+    policy_config, policy = load_policy(tmp_path / "policy")
     assert params_hash({"backbone": policy.params, "text": policy.frozen["text"]}) == digest
     assert digest != metadata["params_sha256"]
     assert policy_config.model == dataclasses.replace(
         base_config.model, init_checkpoint=str(tmp_path / "policy")
     )
     assert policy_config.sampler == base_config.sampler
-    assert read_metadata(tmp_path / "policy", "")["rl"] == {"step": 3, "init_checkpoint": str(pc.output_dir)}
-    with pytest.raises(ConversionError, match="needs a project base model"):
-        export_policy(tmp_path / "random", config, bundle.params, bundle.frozen, {})
+    assert read_metadata(tmp_path / "policy")["rl"] == {"step": 3, "init_checkpoint": str(pc.output_dir)}
+
+
+def test_a_randomly_initialised_policy_exports_too(smoke_run, tmp_path):
+    config, _, metadata = smoke_run
+    bundle = build_pipeline(config, metadata["vocabulary"])
+    digest = export_policy(
+        tmp_path / "random", config, bundle.params, bundle.frozen, {}, metadata["vocabulary"]
+    )
+    _, policy = load_policy(tmp_path / "random")
+    assert params_hash({"backbone": policy.params, "text": policy.frozen["text"]}) == digest
+    assert read_metadata(tmp_path / "random")["rl"] == {"init_checkpoint": None}
 
 
 def test_rl_run_exports_its_policy_every_n_steps(smoke_run, tmp_path):
@@ -151,8 +163,8 @@ def test_rl_run_exports_its_policy_every_n_steps(smoke_run, tmp_path):
     if config.model.family != "flux":
         pytest.skip("one family suffices")
     values = runpy.run_path(str(ROOT / "configs" / "shapes_cpu.py"))["get_config"]()
-    values.model = pretrain.json_ready(dataclasses.replace(config.model, init_checkpoint=pc.output_dir))
-    values.sampler = pretrain.json_ready(config.sampler)
+    values.model = json_ready(dataclasses.replace(config.model, init_checkpoint=pc.output_dir))
+    values.sampler = json_ready(config.sampler)
     values.loss.exclude_first_steps, values.loss.exclude_last_steps = 0, 1
     values.train.update(num_steps=2, prompts_per_step=2, group_size=2, micro_batch_size=4, export_every=1)
     values.train.output_dir = str(tmp_path / "run")
@@ -160,10 +172,10 @@ def test_rl_run_exports_its_policy_every_n_steps(smoke_run, tmp_path):
     values.reward.name, values.reward.options = "shapes", {"kind": "partial"}
     values.data.options.data_dir = str(tmp_path / "tfds")
     run(load_config(values))
-    hashes = [read_metadata(tmp_path / "run" / "policy" / f"step_{n}", "")["params_sha256"] for n in (1, 2)]
+    hashes = [read_metadata(tmp_path / "run" / "policy" / f"step_{n}")["params_sha256"] for n in (1, 2)]
     assert sorted(p.name for p in (tmp_path / "run" / "policy").iterdir()) == ["step_1", "step_2"]
     assert len({metadata["params_sha256"], *hashes}) == 3
-    _, policy = load_base_model(tmp_path / "run" / "policy" / "step_2")
+    _, policy = load_policy(tmp_path / "run" / "policy" / "step_2")
     assert params_hash({"backbone": policy.params, "text": policy.frozen["text"]}) == hashes[1]
 
 
@@ -173,13 +185,13 @@ def test_shipped_checkpoints_load_into_their_configs(name):
     config, pc = pretrain.load_pretrain_config(
         runpy.run_path(str(ROOT / "configs" / f"shapes_pretrain_{name}.py"))["get_config"]()
     )
-    metadata = read_metadata(folder, "")
-    assert metadata["model"] == pretrain.json_ready(config.model)
-    assert metadata["pretrain"] == pretrain.json_ready(pc)
+    metadata = read_metadata(folder)
+    assert metadata["model"] == json_ready(config.model)
+    assert metadata["pretrain"] == json_ready(pc)
     assert restored_hash(config, folder) == metadata["params_sha256"]
     # The base model is imperfect on purpose, but not useless.
     assert 0.05 < metadata["eval"]["train"]["strict"] < 0.8
-    recorded_config, _ = load_base_model(folder)
+    recorded_config, _ = load_policy(folder)
     assert recorded_config.sampler == config.sampler
 
 
