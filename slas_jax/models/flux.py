@@ -36,8 +36,8 @@ import numpy as np
 from flax import nnx
 
 from slas_jax.models import conversion, layers
+from slas_jax.models.blocks import TimestepEmbedding, timestep_embedding
 from slas_jax.models.conversion import ConversionError, Rule
-from slas_jax.models.unet import TimestepEmbedding, timestep_embedding
 
 ROPE_THETA = 10000.0
 TIME_PROJ_DIM = 256

@@ -22,8 +22,8 @@ import numpy as np
 from flax import nnx
 
 from slas_jax.models import conversion, layers
+from slas_jax.models.blocks import Attention, Downsample2D, ResnetBlock2D, Upsample2D
 from slas_jax.models.conversion import ConversionError, Rule
-from slas_jax.models.unet import Attention, Downsample2D, ResnetBlock2D, Upsample2D
 
 # diffusers config keys whose only supported value is their default.
 _UNSUPPORTED_UNLESS_DEFAULT: dict[str, Any] = {"act_fn": "silu", "latents_mean": None, "latents_std": None}
