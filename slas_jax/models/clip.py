@@ -84,6 +84,31 @@ class CLIPTextConfig:
             raise ValueError(f"CLIPTextConfig.eos_token_id must be one int, got {self.eos_token_id!r}")
 
     @classmethod
+    def sd14(cls, **overrides: Any) -> CLIPTextConfig:
+        """CompVis/stable-diffusion-v1-4 ``text_encoder/config.json``: OpenAI CLIP ViT-L/14's text tower (123M)."""
+        return cls(**overrides)
+
+    @classmethod
+    def vit_h14(cls, **overrides: Any) -> CLIPTextConfig:
+        """laion/CLIP-ViT-H-14-laion2B-s32B-b79K's text tower with projection (the backbone of PickScore /
+        HPSv2)."""
+        return cls(
+            **{
+                "hidden_size": 1024,
+                "intermediate_size": 4096,
+                "num_hidden_layers": 24,
+                "num_attention_heads": 16,
+                "hidden_act": "gelu",
+                # Either pooling rule finds the end-of-text token (49407, the largest id) in CLIP-tokenised
+                # prompts.
+                "eos_token_id": 49407,
+                "with_projection": True,
+                "projection_dim": 1024,
+                **overrides,
+            }
+        )
+
+    @classmethod
     def from_dict(cls, config: Mapping[str, Any], **overrides: Any) -> CLIPTextConfig:
         """Reads a transformers ``CLIPTextConfig`` dict (a text_encoder/config.json, or a CLIPModel config's
         ``text_config``); ``overrides`` set our own fields (dtype, remat, with_projection)."""
@@ -132,52 +157,29 @@ class CLIPVisionConfig:
         return (self.image_size // self.patch_size) ** 2 + 1
 
     @classmethod
+    def vit_l14(cls, **overrides: Any) -> CLIPVisionConfig:
+        """openai/clip-vit-large-patch14's vision tower with its 768-d projection."""
+        return cls(**overrides)
+
+    @classmethod
+    def vit_h14(cls, **overrides: Any) -> CLIPVisionConfig:
+        """laion/CLIP-ViT-H-14-laion2B-s32B-b79K's vision tower with its 1024-d projection."""
+        return cls(
+            **{
+                "hidden_size": 1280,
+                "intermediate_size": 5120,
+                "num_hidden_layers": 32,
+                "num_attention_heads": 16,
+                "hidden_act": "gelu",
+                "projection_dim": 1024,
+                **overrides,
+            }
+        )
+
+    @classmethod
     def from_dict(cls, config: Mapping[str, Any], **overrides: Any) -> CLIPVisionConfig:
         """Reads a transformers ``CLIPVisionConfig`` dict; ``overrides`` set our own fields (dtype, remat)."""
         return _from_dict(cls, config, "clip vision", **overrides)
-
-
-def sd14_text(**overrides: Any) -> CLIPTextConfig:
-    """CompVis/stable-diffusion-v1-4 ``text_encoder/config.json``: OpenAI CLIP ViT-L/14's text tower (123M)."""
-    return CLIPTextConfig(**overrides)
-
-
-def vit_l14_vision(**overrides: Any) -> CLIPVisionConfig:
-    """openai/clip-vit-large-patch14's vision tower with its 768-d projection."""
-    return CLIPVisionConfig(**overrides)
-
-
-def vit_h14_text(**overrides: Any) -> CLIPTextConfig:
-    """laion/CLIP-ViT-H-14-laion2B-s32B-b79K's text tower with projection (the backbone of PickScore / HPSv2)."""
-    return CLIPTextConfig(
-        **{
-            "hidden_size": 1024,
-            "intermediate_size": 4096,
-            "num_hidden_layers": 24,
-            "num_attention_heads": 16,
-            "hidden_act": "gelu",
-            # Either pooling rule finds the end-of-text token (49407, the largest id) in CLIP-tokenised prompts.
-            "eos_token_id": 49407,
-            "with_projection": True,
-            "projection_dim": 1024,
-            **overrides,
-        }
-    )
-
-
-def vit_h14_vision(**overrides: Any) -> CLIPVisionConfig:
-    """laion/CLIP-ViT-H-14-laion2B-s32B-b79K's vision tower with its 1024-d projection."""
-    return CLIPVisionConfig(
-        **{
-            "hidden_size": 1280,
-            "intermediate_size": 5120,
-            "num_hidden_layers": 32,
-            "num_attention_heads": 16,
-            "hidden_act": "gelu",
-            "projection_dim": 1024,
-            **overrides,
-        }
-    )
 
 
 # --------------------------------------------------------------------------------------------------------------

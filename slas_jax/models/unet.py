@@ -167,6 +167,30 @@ class UNetConfig:
         return self.time_embedding_dim or 4 * self.block_out_channels[0]
 
     @classmethod
+    def sd14(cls, **overrides: Any) -> UNetConfig:
+        """CompVis/stable-diffusion-v1-4 ``unet/config.json`` (860M parameters, epsilon prediction)."""
+        return cls(**overrides)
+
+    @classmethod
+    def sd15(cls, **overrides: Any) -> UNetConfig:
+        """Stable Diffusion v1.5: the SD1.4 architecture."""
+        return cls(**overrides)
+
+    @classmethod
+    def sd21(cls, **overrides: Any) -> UNetConfig:
+        """stabilityai/stable-diffusion-2-1 (768 px, v-prediction, OpenCLIP-H text features of width 1024)."""
+        return cls(
+            **{
+                "sample_size": 96,
+                "num_attention_heads": (5, 10, 20, 20),
+                "cross_attention_dim": 1024,
+                "use_linear_projection": True,
+                "prediction_type": "v_prediction",
+                **overrides,
+            }
+        )
+
+    @classmethod
     def from_dict(cls, config: Mapping[str, Any], **overrides: Any) -> UNetConfig:
         """Reads a diffusers ``unet/config.json`` dict; ``overrides`` set our own fields (dtype, remat,
         prediction_type, which lives in the scheduler's config). Unsupported settings raise ConversionError."""
@@ -190,30 +214,6 @@ class UNetConfig:
             return cls(**{**kwargs, **overrides})
         except (TypeError, ValueError) as e:
             raise ConversionError(f"unet config: {e}") from e
-
-
-def sd14(**overrides: Any) -> UNetConfig:
-    """CompVis/stable-diffusion-v1-4 ``unet/config.json`` (860M parameters, epsilon prediction)."""
-    return UNetConfig(**overrides)
-
-
-def sd15(**overrides: Any) -> UNetConfig:
-    """Stable Diffusion v1.5: the SD1.4 architecture."""
-    return UNetConfig(**overrides)
-
-
-def sd21(**overrides: Any) -> UNetConfig:
-    """stabilityai/stable-diffusion-2-1 (768 px, v-prediction, OpenCLIP-H text features of width 1024)."""
-    return UNetConfig(
-        **{
-            "sample_size": 96,
-            "num_attention_heads": (5, 10, 20, 20),
-            "cross_attention_dim": 1024,
-            "use_linear_projection": True,
-            "prediction_type": "v_prediction",
-            **overrides,
-        }
-    )
 
 
 # --------------------------------------------------------------------------------------------------------------

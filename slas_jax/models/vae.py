@@ -83,6 +83,26 @@ class VAEConfig:
         return 2 ** (len(self.block_out_channels) - 1)
 
     @classmethod
+    def sd14(cls, **overrides: Any) -> VAEConfig:
+        """CompVis/stable-diffusion-v1-4 ``vae/config.json`` (83.7M parameters, 4 latent channels)."""
+        return cls(**overrides)
+
+    @classmethod
+    def flux1(cls, **overrides: Any) -> VAEConfig:
+        """black-forest-labs/FLUX.1 ``vae/config.json``: 16 latent channels, no quant convs, shifted latents."""
+        return cls(
+            **{
+                "latent_channels": 16,
+                "sample_size": 1024,
+                "scaling_factor": 0.3611,
+                "shift_factor": 0.1159,
+                "use_quant_conv": False,
+                "use_post_quant_conv": False,
+                **overrides,
+            }
+        )
+
+    @classmethod
     def from_dict(cls, config: Mapping[str, Any], **overrides: Any) -> VAEConfig:
         """Reads a diffusers ``vae/config.json`` dict; ``overrides`` set our own fields (dtype, remat).
         Unsupported settings raise ConversionError."""
@@ -99,26 +119,6 @@ class VAEConfig:
             return cls(**{**kwargs, **overrides})
         except (TypeError, ValueError) as e:
             raise ConversionError(f"vae config: {e}") from e
-
-
-def sd14(**overrides: Any) -> VAEConfig:
-    """CompVis/stable-diffusion-v1-4 ``vae/config.json`` (83.7M parameters, 4 latent channels)."""
-    return VAEConfig(**overrides)
-
-
-def flux1(**overrides: Any) -> VAEConfig:
-    """black-forest-labs/FLUX.1 ``vae/config.json``: 16 latent channels, no quant convs, shifted latents."""
-    return VAEConfig(
-        **{
-            "latent_channels": 16,
-            "sample_size": 1024,
-            "scaling_factor": 0.3611,
-            "shift_factor": 0.1159,
-            "use_quant_conv": False,
-            "use_post_quant_conv": False,
-            **overrides,
-        }
-    )
 
 
 class UNetMidBlock2D(nnx.Module):

@@ -222,7 +222,11 @@ def test_sd14_text_encoder_parameter_count_matches_transformers_without_allocati
             )
         )
     want = sum(p.numel() for p in reference.parameters())
-    assert param_count(lambda: clip.CLIPTextModel(clip.sd14_text(), rngs=nnx.Rngs(0))) == want == 123_060_480
+    assert (
+        param_count(lambda: clip.CLIPTextModel(clip.CLIPTextConfig.sd14(), rngs=nnx.Rngs(0)))
+        == want
+        == 123_060_480
+    )
 
 
 def test_vit_l14_vision_parameter_count_matches_transformers_without_allocating():
@@ -239,7 +243,9 @@ def test_vit_l14_vision_parameter_count_matches_transformers_without_allocating(
         )
     want = sum(p.numel() for p in reference.parameters())
     assert (
-        param_count(lambda: clip.CLIPVisionModelWithProjection(clip.vit_l14_vision(), rngs=nnx.Rngs(0)))
+        param_count(
+            lambda: clip.CLIPVisionModelWithProjection(clip.CLIPVisionConfig.vit_l14(), rngs=nnx.Rngs(0))
+        )
         == want
     )
 

@@ -147,7 +147,7 @@ def test_sd14_parameter_count_matches_diffusers_without_allocating():
             sample_size=64, cross_attention_dim=768, attention_head_dim=8
         )
     want = sum(p.numel() for p in reference.parameters())
-    abstract = nnx.eval_shape(lambda: unet.UNet2DConditionModel(unet.sd14(), rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: unet.UNet2DConditionModel(unet.UNetConfig.sd14(), rngs=nnx.Rngs(0)))
     got = sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
     assert got == want == 859_520_964
 

@@ -139,10 +139,14 @@ def test_older_attention_names_and_conv_shaped_weights_convert(vae_pair):
 @pytest.mark.parametrize(
     ("ours", "reference_config", "published"),
     [
-        (vae.sd14(), dict(latent_channels=4), 83_653_863),
-        (vae.flux1(), dict(latent_channels=16, use_quant_conv=False, use_post_quant_conv=False), 83_819_683),
+        (vae.VAEConfig.sd14(), dict(latent_channels=4), 83_653_863),
         (
-            vae.sd14(mid_block_add_attention=False),
+            vae.VAEConfig.flux1(),
+            dict(latent_channels=16, use_quant_conv=False, use_post_quant_conv=False),
+            83_819_683,
+        ),
+        (
+            vae.VAEConfig.sd14(mid_block_add_attention=False),
             dict(latent_channels=4, mid_block_add_attention=False),
             None,
         ),
