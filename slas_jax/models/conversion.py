@@ -6,7 +6,9 @@ Conversion is checked against ``nnx.eval_shape`` of our model: every reference t
 explicitly ignored), every parameter must be filled exactly once, and every shape must agree. Any violation
 is a :class:`ConversionError` whose message names the tensor.
 
-Reading is pure numpy (bfloat16 through ml_dtypes): torch is never imported here.
+Reading is pure numpy (bfloat16 through ml_dtypes): torch is never imported here. A damaged file (a
+truncated or malformed safetensors file, a config.json that is not JSON) is a one-line ConversionError that
+names the file.
 
 Paths: our parameters are addressed as dotted strings of the module tree, e.g.
 ``down_blocks.0.resnets.1.conv1.kernel``. A target written ``stack.attn.kernel@3`` fills index 3 of the
@@ -18,6 +20,7 @@ names need no per-layer rules.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -78,23 +81,97 @@ def auto_layout(array: np.ndarray, leaf: str) -> np.ndarray:
     return array
 
 
-def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
-    """Reads a .safetensors file into numpy arrays (memory-mapped; bfloat16 kept as ml_dtypes.bfloat16)."""
-    path = Path(path)
+_REMEDY = "re-download or re-convert it"
+# A safetensors file: the JSON header's length (a little-endian uint64), the JSON header, the tensor data.
+_HEADER_LENGTH_BYTES = 8
+
+
+def _damaged(path: Path, problem: str) -> ConversionError:
+    return ConversionError(f"{path}: {problem}; {_REMEDY}")
+
+
+def _read_header(path: Path, size: int) -> tuple[dict[str, Any], int]:
+    """The JSON header of a safetensors file of ``size`` bytes and the offset of its tensor data."""
     with path.open("rb") as f:
-        header_len = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(header_len))
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_len)
-    tensors = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if info["dtype"] not in _SAFETENSORS_DTYPES:
-            raise ConversionError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-        start, end = info["data_offsets"]
-        dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]])
-        tensors[name] = data[start:end].view(dtype).reshape(info["shape"])
-    return tensors
+        prefix = f.read(_HEADER_LENGTH_BYTES)
+        if len(prefix) < _HEADER_LENGTH_BYTES:
+            raise _damaged(
+                path, f"truncated safetensors file ({size} bytes, shorter than its 8-byte header length)"
+            )
+        header_len = int.from_bytes(prefix, "little")
+        if header_len > size - _HEADER_LENGTH_BYTES:
+            raise _damaged(
+                path,
+                f"truncated or corrupt safetensors file (header length says {header_len} bytes of JSON "
+                f"header, file holds {size - _HEADER_LENGTH_BYTES} after it)",
+            )
+        raw = f.read(header_len)
+    try:
+        header = json.loads(raw)
+    except ValueError as e:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
+        raise _damaged(path, f"safetensors header is not valid JSON ({e})") from e
+    if not isinstance(header, dict):
+        raise _damaged(
+            path, f"safetensors header is a JSON {type(header).__name__}, not an object of tensors"
+        )
+    return header, _HEADER_LENGTH_BYTES + header_len
+
+
+def _tensor_span(path: Path, name: str, info: Any) -> tuple[np.dtype, list[int], int, int]:
+    """(dtype, shape, start, end) of one header entry, checked for consistency (``end - start`` bytes hold
+    exactly ``shape`` elements of ``dtype``)."""
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+        raise _damaged(path, f"safetensors header entry of tensor {name} lacks dtype / shape / data_offsets")
+    if info["dtype"] not in _SAFETENSORS_DTYPES:
+        raise ConversionError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+    shape, offsets = info["shape"], info["data_offsets"]
+    lists = isinstance(shape, list) and isinstance(offsets, list) and len(offsets) == 2
+    if not (
+        lists and all(isinstance(v, int) and v >= 0 for v in shape + offsets) and offsets[0] <= offsets[1]
+    ):
+        raise _damaged(path, f"tensor {name} has a malformed shape {shape} or data_offsets {offsets}")
+    dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]])
+    start, end = offsets
+    nbytes = math.prod(shape) * dtype.itemsize
+    if end - start != nbytes:
+        raise _damaged(
+            path,
+            f"tensor {name} of shape {shape} {info['dtype']} needs {nbytes} bytes, its data_offsets span "
+            f"{end - start}",
+        )
+    return dtype, shape, start, end
+
+
+def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
+    """Reads a .safetensors file into numpy arrays (memory-mapped; bfloat16 kept as ml_dtypes.bfloat16).
+
+    A damaged file (truncated, a header length past its end, a header that is not JSON, tensor data shorter
+    than the header's offsets) is a one-line ConversionError naming it.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    header, data_start = _read_header(path, size)
+    spans = {name: _tensor_span(path, name, info) for name, info in header.items() if name != "__metadata__"}
+    needed = max((end for *_, end in spans.values()), default=0)
+    if needed > size - data_start:
+        raise _damaged(
+            path,
+            f"truncated safetensors file (header says {needed} bytes of tensor data, file holds "
+            f"{size - data_start})",
+        )
+    # np.memmap refuses an empty mapping: a file of only empty tensors has no data to map.
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=data_start) if needed else np.zeros(0, np.uint8)
+    return {
+        name: data[start:end].view(dtype).reshape(shape) for name, (dtype, shape, start, end) in spans.items()
+    }
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON file's content; a file that is not valid JSON is a one-line ConversionError naming it."""
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
+        raise ConversionError(f"{path}: not valid JSON ({e}); re-download it or repair the file") from e
 
 
 def read_weights(folder: str | Path, *, what: str = "model") -> dict[str, np.ndarray]:
@@ -107,8 +184,11 @@ def read_weights(folder: str | Path, *, what: str = "model") -> dict[str, np.nda
         )
     indexes = sorted(folder.glob("*.safetensors.index.json"))
     if indexes:
-        shard_names = sorted(set(json.loads(indexes[0].read_text())["weight_map"].values()))
-        files = [folder / name for name in shard_names]
+        index = _read_json(indexes[0])
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict):
+            raise ConversionError(f"{indexes[0]}: no weight_map object; re-download it or repair the file")
+        files = [folder / name for name in sorted(set(weight_map.values()))]
     else:
         files = sorted(folder.glob("*.safetensors"))
     if not files:
@@ -125,11 +205,17 @@ def read_weights(folder: str | Path, *, what: str = "model") -> dict[str, np.nda
 
 
 def read_config(folder: str | Path, name: str = "config.json") -> dict[str, Any]:
-    """The JSON config of a model folder, with a clear error when it is missing."""
+    """The JSON config of a model folder, with a clear error when it is missing or not a JSON object."""
     path = Path(folder) / name
     if not path.is_file():
         raise ConversionError(f"missing {path}; expected a diffusers/transformers folder with {name}")
-    return json.loads(path.read_text())
+    config = _read_json(path)
+    if not isinstance(config, dict):
+        raise ConversionError(
+            f"{path}: a JSON {type(config).__name__}, not an object of settings; re-download it or repair "
+            "the file"
+        )
+    return config
 
 
 def _flat_paths(abstract_state: nnx.State) -> dict[str, jax.ShapeDtypeStruct]:

@@ -1,7 +1,10 @@
 """The declarative converter refuses checkpoints that do not fit the model, naming the offending tensor or
-file: an extra tensor, a missing one, a wrong shape, a missing folder / config / weights file."""
+file: an extra tensor, a missing one, a wrong shape, a missing folder / config / weights file, and damaged
+files (truncated or malformed safetensors, JSON that does not parse), each as one ConversionError line."""
 
 import json
+from collections.abc import Callable
+from pathlib import Path
 
 import diffusers
 import numpy as np
@@ -89,3 +92,158 @@ def test_loader_names_the_file_problem(tmp_path, checkpoint):
     )
     with pytest.raises(ConversionError, match=r"quant_conv\.bias is not filled"):
         vae.load_vae(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Damaged files: one line naming the file.
+
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+def header_length(data: bytes) -> int:
+    """The JSON header length a safetensors file's first 8 bytes give (little-endian uint64)."""
+    return int.from_bytes(data[:8], "little")
+
+
+def tensor_bytes(data: bytes) -> int:
+    """Bytes of tensor data after the header (the file's tail)."""
+    return len(data) - 8 - header_length(data)
+
+
+def with_header(data: bytes, header: bytes) -> bytes:
+    """The file with its JSON header replaced by ``header`` (and the header length rewritten to match)."""
+    return len(header).to_bytes(8, "little") + header + data[8 + header_length(data) :]
+
+
+def edited_header(edit: Callable[[dict], None]) -> Callable[[bytes], bytes]:
+    """A damage that applies ``edit`` to the header entry of the file's first tensor."""
+
+    def damage(data: bytes) -> bytes:
+        header = json.loads(data[8 : 8 + header_length(data)])
+        edit(header[next(name for name in header if name != "__metadata__")])
+        return with_header(data, json.dumps(header).encode())
+
+    return damage
+
+
+# (damage of the file's bytes, the message fragment expected from the undamaged bytes).
+SAFETENSORS_DAMAGE = [
+    pytest.param(
+        lambda d: d[:-100],
+        lambda d: (
+            f"truncated safetensors file (header says {tensor_bytes(d)} bytes of tensor data, file holds "
+            f"{tensor_bytes(d) - 100})"
+        ),
+        id="tensor data truncated",
+    ),
+    pytest.param(
+        lambda d: d[: 8 + header_length(d) // 2],
+        lambda d: (
+            f"truncated or corrupt safetensors file (header length says {header_length(d)} bytes of JSON "
+            f"header, file holds {header_length(d) // 2} after it)"
+        ),
+        id="truncated inside the header",
+    ),
+    pytest.param(
+        lambda d: d[:5],
+        lambda d: "truncated safetensors file (5 bytes, shorter than its 8-byte header length)",
+        id="truncated inside the header length",
+    ),
+    pytest.param(
+        lambda d: (2**40).to_bytes(8, "little") + d[8:],
+        lambda d: f"header length says {2**40} bytes of JSON header, file holds {len(d) - 8} after it",
+        id="bad header length, past the end",
+    ),
+    pytest.param(
+        lambda d: (header_length(d) // 2).to_bytes(8, "little") + d[8:],
+        lambda d: "safetensors header is not valid JSON",
+        id="bad header length, inside the header",
+    ),
+    pytest.param(
+        lambda d: with_header(d, b"\xff" * 16),
+        lambda d: "safetensors header is not valid JSON",
+        id="header not text",
+    ),
+    pytest.param(
+        lambda d: with_header(d, b"{'tensor': 1}"),
+        lambda d: "safetensors header is not valid JSON",
+        id="header not JSON",
+    ),
+    pytest.param(
+        lambda d: with_header(d, b"[1, 2]"),
+        lambda d: "safetensors header is a JSON list, not an object of tensors",
+        id="header not an object",
+    ),
+    pytest.param(
+        edited_header(lambda entry: entry.pop("data_offsets")),
+        lambda d: "lacks dtype / shape / data_offsets",
+        id="entry without offsets",
+    ),
+    pytest.param(
+        edited_header(lambda entry: entry.update(data_offsets=[-4, 0])),
+        lambda d: "has a malformed shape",
+        id="negative offsets",
+    ),
+    pytest.param(
+        edited_header(lambda entry: entry.update(shape=[*entry["shape"], 2])),
+        lambda d: "bytes, its data_offsets span",
+        id="offsets disagree with the shape",
+    ),
+]
+
+
+@pytest.fixture
+def vae_folder(tmp_path, checkpoint) -> Path:
+    """A loadable tiny diffusers vae folder: config.json and one safetensors file."""
+    (tmp_path / "config.json").write_text(json.dumps(TINY_VAE))
+    save_file(checkpoint, tmp_path / WEIGHTS)
+    return tmp_path
+
+
+def assert_one_line_naming(error: pytest.ExceptionInfo, path: Path, fragment: str) -> str:
+    message = str(error.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message, message
+    assert fragment in message, message
+    return message
+
+
+def test_undamaged_folder_loads(vae_folder, checkpoint):
+    model = vae.load_vae(vae_folder)
+    np.testing.assert_array_equal(model.encoder.conv_in.bias[...], checkpoint["encoder.conv_in.bias"])
+
+
+@pytest.mark.parametrize(("damage", "fragment"), SAFETENSORS_DAMAGE)
+def test_damaged_safetensors_fail_with_one_line_naming_the_file(vae_folder, damage, fragment):
+    path = vae_folder / WEIGHTS
+    data = path.read_bytes()
+    path.write_bytes(damage(data))
+    with pytest.raises(ConversionError) as error:
+        vae.load_vae(vae_folder)
+    message = assert_one_line_naming(error, path, fragment(data))
+    assert message.endswith("; re-download or re-convert it"), message
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "fragment"),
+    [
+        pytest.param("config.json", b'{"latent_channels": 4,', "not valid JSON (", id="config truncated"),
+        pytest.param("config.json", b"\xff\xfe\x00", "not valid JSON (", id="config not text"),
+        pytest.param("config.json", b"[4, 4]", "a JSON list, not an object of settings", id="config a list"),
+        pytest.param(
+            f"{WEIGHTS}.index.json", b'{"weight_map": {', "not valid JSON (", id="shard index truncated"
+        ),
+        pytest.param(f"{WEIGHTS}.index.json", b"{}", "no weight_map object", id="shard index without map"),
+    ],
+)
+def test_damaged_json_fails_with_one_line_naming_the_file(vae_folder, name, content, fragment):
+    (vae_folder / name).write_bytes(content)
+    with pytest.raises(ConversionError) as error:
+        vae.load_vae(vae_folder)
+    assert_one_line_naming(error, vae_folder / name, fragment)
+
+
+def test_empty_tensors_read_without_data(tmp_path):
+    """A file whose tensors hold no bytes has nothing to memory-map; it still reads."""
+    save_file({"empty": np.zeros((0, 3), np.float32)}, tmp_path / "empty.safetensors")
+    tensors = conversion.read_safetensors(tmp_path / "empty.safetensors")
+    assert tensors["empty"].shape == (0, 3) and tensors["empty"].dtype == np.float32
