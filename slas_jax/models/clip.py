@@ -85,7 +85,8 @@ class CLIPTextConfig:
 
     @classmethod
     def sd14(cls, **overrides: Any) -> CLIPTextConfig:
-        """CompVis/stable-diffusion-v1-4 ``text_encoder/config.json``: OpenAI CLIP ViT-L/14's text tower (123M)."""
+        """CompVis/stable-diffusion-v1-4 ``text_encoder/config.json``: OpenAI CLIP ViT-L/14's text tower
+        (123M parameters)."""
         return cls(**overrides)
 
     @classmethod

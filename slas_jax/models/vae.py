@@ -89,7 +89,8 @@ class VAEConfig:
 
     @classmethod
     def flux1(cls, **overrides: Any) -> VAEConfig:
-        """black-forest-labs/FLUX.1 ``vae/config.json``: 16 latent channels, no quant convs, shifted latents."""
+        """black-forest-labs/FLUX.1 ``vae/config.json``: 16 latent channels, no quant convs, shifted
+        latents."""
         return cls(
             **{
                 "latent_channels": 16,
