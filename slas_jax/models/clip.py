@@ -55,13 +55,21 @@ class CLIPTextConfig:
     """CLIP text transformer (field names follow transformers' ``CLIPTextConfig``); defaults: SD1.x's encoder."""
 
     vocab_size: int = 49408
+    """Rows of the token embedding (49408: CLIP's byte-level BPE vocabulary)."""
     hidden_size: int = 768
+    """Model width."""
     intermediate_size: int = 3072
+    """Hidden width of each layer's MLP."""
     num_hidden_layers: int = 12
+    """Encoder layers."""
     num_attention_heads: int = 12
+    """Attention heads per layer; hidden_size must be a multiple."""
     max_position_embeddings: int = 77
+    """Rows of the learned position embedding: the longest token sequence (77 for CLIP)."""
     hidden_act: str = "quick_gelu"
+    """MLP activation: "quick_gelu" (OpenAI CLIP) or "gelu" (exact erf GELU: LAION / OpenCLIP conversions)."""
     layer_norm_eps: float = 1e-5
+    """Epsilon of every LayerNorm."""
     eos_token_id: int = 2
     """Pooling position rule (transformers 5): 2, the value in pre-2023 configs such as SD1.x's, means "the
     position of the largest token id" (the EOT token has the largest id in CLIP's vocabulary); any other value
@@ -69,6 +77,7 @@ class CLIPTextConfig:
     with_projection: bool = False
     """Add ``text_projection`` (CLIPTextModelWithProjection / CLIPModel); set from config.json's architectures."""
     projection_dim: int = 768
+    """Width of text_projection's output (only with ``with_projection``)."""
     dtype: Any = jnp.float32
     """Compute dtype (parameters stay float32; outputs are returned in float32)."""
     remat: bool = False
@@ -122,15 +131,25 @@ class CLIPVisionConfig:
     """CLIP vision transformer with projection (transformers' ``CLIPVisionConfig``); defaults: OpenAI ViT-L/14."""
 
     hidden_size: int = 1024
+    """Model width."""
     intermediate_size: int = 4096
+    """Hidden width of each layer's MLP."""
     num_hidden_layers: int = 24
+    """Encoder layers."""
     num_attention_heads: int = 16
+    """Attention heads per layer; hidden_size must be a multiple."""
     num_channels: int = 3
+    """Channels of the input images (3: RGB)."""
     image_size: int = 224
+    """Side of the square input images in pixels; a multiple of patch_size."""
     patch_size: int = 14
+    """Side of the square non-overlapping patches (the patch embedding's kernel and stride)."""
     hidden_act: str = "quick_gelu"
+    """MLP activation: "quick_gelu" (OpenAI CLIP) or "gelu" (exact erf GELU: LAION / OpenCLIP conversions)."""
     layer_norm_eps: float = 1e-5
+    """Epsilon of every LayerNorm."""
     projection_dim: int = 768
+    """Width of visual_projection's output, the image embedding."""
     dtype: Any = jnp.float32
     """Compute dtype (parameters stay float32; outputs are returned in float32)."""
     remat: bool = False

@@ -56,16 +56,16 @@ class ConversionError(UserError):
 
 @dataclass(frozen=True)
 class Rule:
-    """Maps reference tensor names matching ``pattern`` onto our parameter path(s).
-
-    target: a ``re.sub`` template, or a tuple of templates when ``transform`` splits one tensor into several
-      (e.g. a fused qkv projection); transform: array -> array (or tuple); ``None`` picks the layout change
-      from the target's leaf name: ``kernel`` of rank 4 is OIHW -> HWIO, of rank 2 is (out, in) -> (in, out).
-    """
+    """Maps reference tensor names matching ``pattern`` onto our parameter path(s)."""
 
     pattern: str
+    """Regex searched in each reference tensor name; its groups feed ``target``."""
     target: str | tuple[str, ...]
+    """A ``re.sub`` template of our dotted parameter path, or a tuple of templates when ``transform`` splits
+    one tensor into several (e.g. a fused qkv projection)."""
     transform: Transform | None = None
+    """array -> array (or a tuple, one per target); ``None`` picks the layout change from the target's leaf
+    name: ``kernel`` of rank 4 is OIHW -> HWIO, of rank 2 is (out, in) -> (in, out)."""
 
 
 MIRROR = Rule(r"^(.*)$", r"\1")

@@ -58,7 +58,9 @@ class FluxConfig:
     num_single_layers: int = 38
     """Single-stream (FluxSingleTransformerBlock) blocks."""
     attention_head_dim: int = 128
+    """Width of one attention head."""
     num_attention_heads: int = 24
+    """Attention heads; the model width is heads x attention_head_dim (3072 for FLUX.1)."""
     joint_attention_dim: int = 4096
     """Width of the T5 token features."""
     pooled_projection_dim: int = 768

@@ -43,15 +43,24 @@ class T5Config:
     """Architecture of a T5 encoder (field names follow transformers' config.json)."""
 
     vocab_size: int = 32128
+    """Rows of the token embedding ``shared`` (32128: T5's 32100 SentencePiece pieces and sentinels,
+    padded)."""
     d_model: int = 512
+    """Model width."""
     d_kv: int = 64
     """Width of one attention head (heads x d_kv need not equal d_model)."""
     d_ff: int = 2048
+    """Hidden width of each block's feed-forward."""
     num_layers: int = 6
+    """Encoder blocks."""
     num_heads: int = 8
+    """Attention heads per block."""
     relative_attention_num_buckets: int = 32
+    """Buckets of the relative position bias: half for keys after the query, half for keys before it."""
     relative_attention_max_distance: int = 128
+    """Distance at which the logarithmic buckets end; farther keys share the last bucket."""
     layer_norm_epsilon: float = 1e-6
+    """Epsilon of every RMS norm."""
     feed_forward_proj: str = "relu"
     """"relu" (original T5: wi -> ReLU -> wo) or "gated-gelu" (v1.1: gelu_tanh(wi_0 x) * wi_1 x -> wo)."""
     dtype: Any = jnp.float32

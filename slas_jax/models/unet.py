@@ -88,7 +88,9 @@ class UNetConfig:
     sample_size: int | tuple[int, int] = 64
     """Latent size the model was trained at (informational: the model runs at any size)."""
     in_channels: int = 4
+    """Channels of the latent input (4 for SD's VAE)."""
     out_channels: int = 4
+    """Channels of the prediction (the latents' channels)."""
     flip_sin_to_cos: bool = True
     """Timestep embedding order: cos then sin when True (SD), sin then cos when False."""
     freq_shift: int = 0
@@ -99,13 +101,18 @@ class UNetConfig:
         "CrossAttnDownBlock2D",
         "DownBlock2D",
     )
+    """One per resolution, highest first: "CrossAttnDownBlock2D" (resnets, each followed by a cross-attention
+    Transformer2DModel) or "DownBlock2D" (resnets only)."""
     up_block_types: tuple[str, ...] = (
         "UpBlock2D",
         "CrossAttnUpBlock2D",
         "CrossAttnUpBlock2D",
         "CrossAttnUpBlock2D",
     )
+    """One per resolution, lowest first: "CrossAttnUpBlock2D" or "UpBlock2D" (as the down blocks)."""
     block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
+    """Channels of each down block (the up blocks mirror them); the first is also conv_in's output width and
+    the timestep sinusoid's width."""
     layers_per_block: int | tuple[int, ...] = 2
     """Resnets per down block (up blocks have one more)."""
     transformer_layers_per_block: int | tuple[int, ...] = 1
@@ -114,14 +121,24 @@ class UNetConfig:
     """Heads per block. diffusers stores this under the key ``attention_head_dim`` (a historical misnomer it
     keeps for compatibility: for this model it is the number of heads, head dim = channels // heads)."""
     cross_attention_dim: int | tuple[int, ...] = 768
+    """Width of the text features the cross-attention reads, per block (768: SD1's CLIP ViT-L, 1024: SD2's
+    OpenCLIP ViT-H)."""
     use_linear_projection: bool = False
     """Transformer2DModel proj_in / proj_out as Linear (SD2) instead of 1x1 Conv (SD1)."""
     downsample_padding: int = 1
+    """Padding of the down blocks' stride-2 convs: 1 pads one pixel on every side, 0 one pixel at the bottom /
+    right only."""
     mid_block_scale_factor: float = 1.0
+    """The mid block's resnets divide their output (skip + residual) by this."""
     norm_num_groups: int = 32
+    """Groups of every GroupNorm."""
     norm_eps: float = 1e-5
+    """Epsilon of the resnets' and the output's GroupNorms (the transformers' GroupNorm always uses 1e-6, as
+    diffusers')."""
     conv_in_kernel: int = 3
+    """Kernel size of conv_in (latents -> block_out_channels[0])."""
     conv_out_kernel: int = 3
+    """Kernel size of conv_out (block_out_channels[0] -> out_channels)."""
     time_embedding_dim: int | None = None
     """Width of the timestep embedding MLP; None: 4 x block_out_channels[0]."""
     prediction_type: str = "epsilon"

@@ -36,22 +36,33 @@ class VAEConfig:
     """Architecture and latent scaling of an :class:`AutoencoderKL` (field names follow diffusers' config.json)."""
 
     in_channels: int = 3
+    """Channels of the input images (3: RGB)."""
     out_channels: int = 3
+    """Channels of the decoded images (3: RGB)."""
     down_block_types: tuple[str, ...] = ("DownEncoderBlock2D",) * 4
+    """Encoder blocks, highest resolution first; only "DownEncoderBlock2D" is supported."""
     up_block_types: tuple[str, ...] = ("UpDecoderBlock2D",) * 4
+    """Decoder blocks, lowest resolution first; only "UpDecoderBlock2D" is supported."""
     block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
+    """Channels of each encoder block (the decoder mirrors them); n blocks downscale by 2 ** (n - 1)."""
     layers_per_block: int = 2
     """Resnets per encoder block (decoder blocks have one more)."""
     latent_channels: int = 4
+    """Channels of the latent (4 for SD, 16 for FLUX.1)."""
     norm_num_groups: int = 32
+    """Groups of every GroupNorm."""
     sample_size: int | tuple[int, int] = 512
     """Image size the VAE was trained at (informational: it runs at any multiple of ``downscale``)."""
     scaling_factor: float = 0.18215
+    """Scale of the latents given to the diffusion model (0.18215 for SD1.x, 0.3611 for FLUX.1)."""
     shift_factor: float = 0.0
     """Latents given to the diffusion model are (z - shift_factor) * scaling_factor (config null -> 0)."""
     use_quant_conv: bool = True
+    """A 1x1 conv on the encoder's moments (SD: yes; FLUX: no)."""
     use_post_quant_conv: bool = True
+    """A 1x1 conv on the latent before the decoder (SD: yes; FLUX: no)."""
     mid_block_add_attention: bool = True
+    """Single-head self-attention between the two resnets of the encoder's and the decoder's mid blocks."""
     dtype: Any = jnp.float32
     """Compute dtype (parameters stay float32; outputs are returned in float32)."""
     remat: bool = False
