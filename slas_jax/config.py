@@ -34,7 +34,8 @@ class ModelConfig:
 
     family: "unet" (eps / v prediction, DDIM) or "flux" (velocity, flow SDE); checkpoint: a diffusers-format
     folder, or None for a randomly initialised model in pixel space (no VAE) built from ``architecture``
-    (backbone config fields) and ``text_architecture`` (text encoder config fields); resolution: image side
+    (backbone config fields) and ``text_architecture`` (text encoder config fields), both checked against the
+    model classes by ``slas_jax.pipelines.architectures``; resolution: image side
     in pixels; dtype: compute dtype, parameters stay float32; remat: gradient checkpointing per block;
     seed: initialisation of a random model; init_checkpoint: a project checkpoint (``python -m
     slas_jax.testbed.pretrain``) whose backbone and text encoder weights replace the random ones.
@@ -57,6 +58,17 @@ class ModelConfig:
             "applies to randomly initialised models only; unset it or model.checkpoint",
         )
         require(self.resolution >= 8, f"{name}.resolution", f"must be >= 8, got {self.resolution}")
+        for mapping in ("architecture", "text_architecture"):
+            require(
+                not (self.checkpoint and getattr(self, mapping)),
+                f"{name}.{mapping}",
+                "applies to randomly initialised models only (model.checkpoint's config.json files fix the "
+                "architecture); remove it or unset model.checkpoint",
+            )
+        # Imported here: slas_jax.pipelines imports this module.
+        from slas_jax.pipelines.architectures import check_architecture
+
+        check_architecture(self.family, self.architecture, self.text_architecture, name)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,8 +154,8 @@ class LossConfig:
     """Fraction of the trainable steps each sample trains on, in (0, 1]."""
     exclude_first_steps: int = 0
     """First (noisiest) transitions never trained, for models whose outcome barely depends on those steps' noise."""
-    exclude_last_steps: int = 0
-    """Final transitions never trained (DanceGRPO SD trains all but the last); >= 1 with sampler.decode = "prediction", whose image the last transition never reaches."""
+    exclude_last_steps: int | None = None
+    """Final transitions never trained (DanceGRPO SD trains all but the last); >= 1 with sampler.decode = "prediction", whose image the last transition never reaches. None: 1 with "prediction", else 0."""
 
     def validate(self, name: str) -> None:
         require(self.clip_range > 0, f"{name}.clip_range", f"must be > 0, got {self.clip_range}")
@@ -286,7 +298,7 @@ class EvalConfig:
     """Evaluation beside the training reward (off when ``scorer`` is None)."""
 
     scorer: str | None = None
-    """Registered host ground-truth scorer (``slas_jax.scorers.SCORERS``) applied to every step's rollout samples and to the fixed sets; None: no evaluation."""
+    """Registered host ground-truth scorer (``slas_jax.scorers.SCORERS``) applied to every step's rollout samples and to the fixed sets; None or "": no evaluation."""
     every: int = 10
     """Steps between evaluations of the fixed sets, >= 1."""
     sets: Mapping[str, Any] = field(default_factory=dict)
@@ -307,7 +319,7 @@ class EvalConfig:
             name,
             "num_prompts and samples_per_prompt must be >= 1",
         )
-        if self.scorer is not None:
+        if self.scorer:
             from slas_jax.scorers import SCORERS
 
             SCORERS.get(self.scorer, f"{name}.scorer")
@@ -333,6 +345,11 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if self.loss.exclude_last_steps is None:
+            last = 1 if self.sampler.decode == "prediction" else 0
+            object.__setattr__(self, "loss", dataclasses.replace(self.loss, exclude_last_steps=last))
 
     def validate(self, name: str = "") -> None:
         for f in dataclasses.fields(self):

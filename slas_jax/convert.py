@@ -12,10 +12,8 @@ Errors end with one line on stderr and exit code 2 (``--verbose`` shows the trac
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from slas_jax.cli import Command, Parsed
 from slas_jax.models.conversion import ConversionError
 from slas_jax.pipelines.components import COMPONENTS, FORMAT_VERSION, MARKER, STATE_DIR, save_state
 
@@ -91,25 +90,19 @@ def convert_pipeline(source: str | Path, out: str | Path, *, log: Any = print) -
     return marker
 
 
+COMMAND = Command("convert", __doc__, positionals=("source", "out"))
+
+
+def convert_command(parsed: Parsed) -> str:
+    """The command's body: ``source`` (a diffusers pipeline folder with model_index.json) -> ``out``."""
+    source, out = parsed.args
+    marker = convert_pipeline(source, out)
+    return f"done: {marker['pipeline']} ({', '.join(marker['components'])}) converted into {out}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m slas_jax.convert",
-        description="Convert a Stable Diffusion / FLUX diffusers folder into Orbax checkpoints of slas_jax modules.",
-    )
-    parser.add_argument("source", help="diffusers pipeline folder (with model_index.json)")
-    parser.add_argument("out", help="new folder for the converted checkpoint")
-    parser.add_argument("--verbose", action="store_true", help="show tracebacks for errors")
-    args = parser.parse_args(argv)
-    try:
-        marker = convert_pipeline(args.source, args.out)
-    except (ConversionError, FileNotFoundError) as e:
-        if args.verbose:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"done: {marker['pipeline']} ({', '.join(marker['components'])}) converted into {args.out}")
-    return 0
+    return COMMAND.main(convert_command, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

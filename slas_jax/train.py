@@ -31,7 +31,10 @@ from slas_jax.weights import export_policy
 def define_flags(values: flags.FlagValues) -> None:
     """The train command's own flags: joining a multi-host run."""
     flags.DEFINE_bool(
-        "multihost", False, "Join a multi-host run (Cloud TPU pods: addresses are auto-detected).", flag_values=values
+        "multihost",
+        False,
+        "Join a multi-host run (Cloud TPU pods: addresses are auto-detected).",
+        flag_values=values,
     )
     flags.DEFINE_string(
         "coordinator_address", None, "host:port of process 0, when not auto-detected.", flag_values=values
@@ -66,7 +69,11 @@ def run(config: Config) -> list[dict[str, float]]:
     prompts = build_prompt_source(config.data)
     reward = build_reward(config.reward.name, config.reward.options)
     check_reads(
-        reward.reads, prompts.arrays, f"reward {config.reward.name!r}", f"prompt source {config.data.name!r}", "data.name"
+        reward.reads,
+        prompts.arrays,
+        f"reward {config.reward.name!r}",
+        f"prompt source {config.data.name!r}",
+        "data.name",
     )
     bundle = build_pipeline(config, prompts.vocabulary)
     frozen = {**bundle.frozen, "reward": reward.params}

@@ -87,7 +87,9 @@ def read_metadata(folder: str | Path, regenerate: str = "") -> dict[str, Any]:
     try:
         return json.loads((folder / METADATA_FILE).read_text())
     except json.JSONDecodeError as e:
-        raise ConversionError(f"{folder / METADATA_FILE} is not valid JSON ({e}); regenerate the folder") from e
+        raise ConversionError(
+            f"{folder / METADATA_FILE} is not valid JSON ({e}); regenerate the folder"
+        ) from e
 
 
 def stored_groups(folder: str | Path) -> set[str]:

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from slas_jax.config import ConfigError, load_config
-from slas_jax.grpo import make_train_step
 from slas_jax.losses import select_timesteps
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,9 +74,10 @@ def test_decoding_the_last_clean_estimate_requires_the_last_transition_untrained
     config = get_config("shapes_cpu.py")
     config.sampler.sde_window = None
     config.loss.exclude_last_steps = 0
-    config = load_config(config)
     with pytest.raises(ConfigError, match=r"loss\.exclude_last_steps: must be >= 1 with sampler\.decode"):
-        make_train_step(None, None, None, config)
+        load_config(config)
+    config.loss.exclude_last_steps = None
+    assert load_config(config).loss.exclude_last_steps == 1
 
 
 def test_shapes_demo_draws_noise_at_the_transitions_it_trains_and_trains_only_the_transformer_blocks():

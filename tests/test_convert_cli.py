@@ -3,19 +3,15 @@ Orbax states that load into the same parameters (and outputs) as the diffusers f
 safetensors; bad inputs end with one line on stderr and exit code 2."""
 
 import json
-import string
 import subprocess
 from pathlib import Path
 
-import diffusers
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
-import transformers
 from cli_runner import run_module
-from diffusers.pipelines.flux.pipeline_flux import FluxPipeline
+from tiny_checkpoints import save_tiny_flux, save_tiny_sd
 
 from slas_jax import convert as convert_cli
 from slas_jax.config import load_config
@@ -29,124 +25,20 @@ ROOT = Path(__file__).resolve().parents[1]
 RESOLUTION = 16
 
 
-def clip_tokenizer(folder: Path) -> transformers.CLIPTokenizer:
-    """A character-level CLIP BPE vocabulary (vocab.json + merges.txt); special tokens take the largest ids."""
-    letters = string.ascii_lowercase
-    vocab = [*letters, *(c + "</w>" for c in letters), "<|startoftext|>", "<|endoftext|>"]
-    folder.mkdir(parents=True)
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 77}))
-    return transformers.CLIPTokenizer.from_pretrained(str(folder))
-
-
-def clip_text_encoder(tokenizer: transformers.CLIPTokenizer) -> transformers.CLIPTextModel:
-    return transformers.CLIPTextModel(
-        transformers.CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=2,
-        )
-    )
-
-
-def tiny_vae(latent_channels: int, **kwargs) -> diffusers.AutoencoderKL:
-    return diffusers.AutoencoderKL(
-        down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2,
-        block_out_channels=[8, 8],
-        layers_per_block=1,
-        latent_channels=latent_channels,
-        norm_num_groups=4,
-        sample_size=RESOLUTION,
-        **kwargs,
-    )
-
-
 @pytest.fixture(scope="module")
 def sd_folder(tmp_path_factory) -> Path:
     """A tiny random StableDiffusionPipeline folder (DDIM scheduler) written by save_pretrained."""
-    tmp = tmp_path_factory.mktemp("sd")
-    torch.manual_seed(0)
-    tokenizer = clip_tokenizer(tmp / "tokenizer_source")
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=RESOLUTION // 2,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        cross_attention_dim=16,
-        attention_head_dim=2,
-        norm_num_groups=4,
-    )
-    scheduler = diffusers.DDIMScheduler(beta_schedule="scaled_linear", clip_sample=False, steps_offset=1)
-    pipe = diffusers.StableDiffusionPipeline(
-        vae=tiny_vae(4),
-        text_encoder=clip_text_encoder(tokenizer),
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(tmp / "sd-tiny")
-    return tmp / "sd-tiny"
+    folder = tmp_path_factory.mktemp("sd") / "sd-tiny"
+    save_tiny_sd(folder, resolution=RESOLUTION)
+    return folder
 
 
 @pytest.fixture(scope="module")
 def flux_folder(tmp_path_factory) -> Path:
     """A tiny random FluxPipeline folder (CLIP, T5, guidance-embedded transformer, 16-channel VAE)."""
-    tmp = tmp_path_factory.mktemp("flux")
-    torch.manual_seed(1)
-    tokenizer = clip_tokenizer(tmp / "tokenizer_source")
-    pieces = [
-        ("<pad>", 0.0),
-        ("</s>", 0.0),
-        ("<unk>", 0.0),
-        ("▁", -2.0),
-        *((c, -5.0) for c in string.ascii_lowercase),
-    ]
-    tokenizer_2 = transformers.T5TokenizerFast(vocab=pieces, extra_ids=0)
-    text_encoder_2 = transformers.T5EncoderModel(
-        transformers.T5Config(
-            vocab_size=len(tokenizer_2),
-            d_model=16,
-            d_kv=8,
-            d_ff=32,
-            num_layers=1,
-            num_heads=2,
-            feed_forward_proj="gated-gelu",
-        )
-    )
-    transformer = diffusers.FluxTransformer2DModel(
-        in_channels=64,
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=8,
-        num_attention_heads=2,
-        joint_attention_dim=16,
-        pooled_projection_dim=16,
-        guidance_embeds=True,
-        axes_dims_rope=(2, 2, 4),
-    )
-    pipe = FluxPipeline(
-        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True),
-        vae=tiny_vae(16, use_quant_conv=False, use_post_quant_conv=False),
-        text_encoder=clip_text_encoder(tokenizer),
-        tokenizer=tokenizer,
-        text_encoder_2=text_encoder_2,
-        tokenizer_2=tokenizer_2,
-        transformer=transformer,
-    )
-    pipe.save_pretrained(tmp / "flux-tiny")
-    return tmp / "flux-tiny"
+    folder = tmp_path_factory.mktemp("flux") / "flux-tiny"
+    save_tiny_flux(folder, resolution=RESOLUTION)
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -172,8 +64,8 @@ def no_safetensors(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("safetensors read while loading a converted folder")
 
-    monkeypatch.setattr(convert, "read_weights", refuse)
-    monkeypatch.setattr(convert, "read_safetensors", refuse)
+    monkeypatch.setattr(conversion, "read_weights", refuse)
+    monkeypatch.setattr(conversion, "read_safetensors", refuse)
 
 
 def test_cli_writes_a_converted_folder(sd_folder, sd_converted):
@@ -253,7 +145,7 @@ def test_flux_converts_and_loads_the_same_both_ways(flux_folder, tmp_path):
 
 
 def run_main(capsys, *args: str) -> tuple[int, list[str]]:
-    code = convert_cli.main(list(args))
+    code = convert_cli.main(["convert", *args])
     return code, capsys.readouterr().err.strip().splitlines()
 
 

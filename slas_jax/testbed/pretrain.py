@@ -39,7 +39,15 @@ import optax
 from tqdm import tqdm
 
 from slas_jax.cli import Command, Parsed
-from slas_jax.config import Config, from_mapping, json_ready, load_config, require
+from slas_jax.config import (
+    Config,
+    describe_config,
+    describe_fields,
+    from_mapping,
+    json_ready,
+    load_config,
+    require,
+)
 from slas_jax.evaluate import generate_images
 from slas_jax.param_paths import select
 from slas_jax.pipelines import PipelineBundle, build_pipeline
@@ -56,48 +64,50 @@ def _require(ok: bool, name: str, message: str) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class PretrainConfig:
-    """The ``pretrain`` section.
-
-    steps / batch_size: optimizer steps and (image, caption) pairs per step; learning_rate: AdamW peak,
-    reached linearly over ``warmup_steps``, then cosine-decayed to ``final_lr_fraction`` of it at ``steps``;
-    grad_clip: global-norm clipping; seed: data order, noise, times and condition dropout (model.seed
-    initialises the weights); cond_dropout: fraction of captions replaced by the negative prompt;
-    logit_mean / logit_std / time_shift: the flow-matching time distribution (ignored by the UNet);
-    min_snr_gamma: the UNet's Min-SNR-gamma loss weight min(SNR, gamma) / SNR (Hang et al. 2023), which
-    stops easy low-noise timesteps from dominating the gradient (0: unweighted; ignored by the flow model);
-    output_dir: the checkpoint folder (replaced); eval_samples_per_prompt: images per prompt of each
-    evaluation set (its first ``eval_prompts`` prompts; 0: all of them), sampled with keys from ``eval_seed``,
-    ``eval_chunk`` prompts per sampler call;
-    zero_init: regular expressions over the backbone's dotted parameter paths (e.g. ``norm1.linear.kernel
-    .value``) whose parameters start at zero, e.g. DiT's adaLN-Zero (modulation and output layers), so that
-    every block starts as the identity and the model's output at zero (it trains markedly faster);
-    ema_decay: the saved and evaluated weights are an exponential moving average of the trained ones with
-    decay min(ema_decay, (1 + step) / (10 + step)) (0: the trained weights themselves); short runs at a high
-    learning rate sample much better from the average;
-    log_every: steps between loss readings (the only points where the host waits for the device).
-    """
+    """The ``pretrain`` section."""
 
     steps: int = 1000
+    """Optimizer steps; training stops there on purpose (the base model must stay imperfect)."""
     batch_size: int = 32
+    """(image, caption) pairs per step."""
     learning_rate: float = 1e-3
+    """AdamW peak, reached linearly over ``warmup_steps``, then cosine-decayed."""
     warmup_steps: int = 100
+    """Linear warmup steps, in [0, steps)."""
     final_lr_fraction: float = 0.1
+    """The cosine decay ends at this fraction of the peak, at ``steps``."""
     weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
     grad_clip: float = 1.0
+    """Global-norm gradient clipping threshold."""
     seed: int = 0
+    """Data order, noise, times and condition dropout (``model.seed`` initialises the weights)."""
     cond_dropout: float = 0.1
+    """Fraction of captions replaced by the negative prompt, so that classifier-free guidance works."""
     logit_mean: float = 0.0
+    """Mean of the flow-matching logit-normal time distribution (ignored by the UNet)."""
     logit_std: float = 1.0
+    """Std of the flow-matching logit-normal time distribution (ignored by the UNet)."""
     time_shift: float = 1.0
+    """Shift of the flow-matching times towards noise, like the sampler's schedule (ignored by the UNet)."""
     min_snr_gamma: float = 0.0
+    """The UNet's Min-SNR-gamma loss weight min(SNR, gamma) / SNR (Hang et al. 2023), which stops easy low-noise timesteps from dominating the gradient; 0: unweighted (ignored by the flow model)."""
     output_dir: str = "checkpoints/shapes_flow"
+    """The checkpoint folder (replaced)."""
     eval_samples_per_prompt: int = 2
+    """Images per prompt of each evaluation set; 0: no evaluation."""
     eval_prompts: int = 0
+    """The first this many prompts of each evaluation set; 0: all of them."""
     eval_seed: int = 1
+    """Keys of the evaluation samples."""
     eval_chunk: int = 128
+    """Prompts per sampler call during evaluation."""
     zero_init: tuple[str, ...] = ()
+    """Regular expressions over the backbone's dotted parameter paths whose parameters start at zero, e.g. DiT's adaLN-Zero (modulation and output layers): every block starts as the identity and the output at zero, which trains markedly faster."""
     ema_decay: float = 0.0
+    """The saved and evaluated weights are an exponential moving average with decay min(ema_decay, (1 + step) / (10 + step)); 0: the trained weights themselves. Short runs at a high learning rate sample much better from the average."""
     log_every: int = 50
+    """Steps between loss readings (the only points where the host waits for the device)."""
 
     def validate(self) -> None:
         _require(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
@@ -129,7 +139,17 @@ def load_pretrain_config(values: Any) -> tuple[Config, PretrainConfig]:
     return load_config(values), pretrain
 
 
-COMMAND = Command("testbed.pretrain", __doc__, config_hint="configs/shapes_pretrain_<flow|unet>.py")
+def describe_pretrain_config() -> str:
+    """The ``--help`` listing: the pretrain section's fields, then the run config's (model, sampler)."""
+    return "\n".join(describe_fields(PretrainConfig, "config.pretrain")) + "\n" + describe_config()
+
+
+COMMAND = Command(
+    "testbed.pretrain",
+    __doc__,
+    config_hint="configs/shapes_pretrain_<flow|unet>.py",
+    config_help=describe_pretrain_config,
+)
 
 
 def parse_config(argv: list[str]) -> tuple[Config, PretrainConfig]:
@@ -364,7 +384,8 @@ def pretrain_command(parsed: Parsed) -> str:
     config, pc = load_pretrain_config(parsed.config)
     metadata = run(config, pc, command=" ".join([COMMAND.prog, *sys.argv[1:]]))
     summary = ", ".join(
-        f"{split} strict {m['strict']:.3f} partial {m['partial']:.3f}" for split, m in metadata["eval"].items()
+        f"{split} strict {m['strict']:.3f} partial {m['partial']:.3f}"
+        for split, m in metadata["eval"].items()
     )
     return (
         f"done: {pc.steps} steps in {metadata['seconds']['train']:.0f} s; {summary or 'no eval'}; "

@@ -41,7 +41,7 @@ from scipy import ndimage, stats
 from tqdm import tqdm
 
 from slas_jax.cli import Command, Parsed
-from slas_jax.config import from_mapping, json_ready, require
+from slas_jax.config import describe_fields, from_mapping, json_ready, require
 from slas_jax.evaluate import generate_images
 from slas_jax.testbed.ground_truth import score_batch
 from slas_jax.testbed.optim import warmup_cosine_adamw
@@ -54,40 +54,52 @@ SCORE_CHUNK = 256
 
 @dataclass(frozen=True, kw_only=True)
 class ProxyConfig:
-    """The proxy's architecture, labelled sample and training.
-
-    architecture: {"text": CLIPTextConfig fields, "vision": CLIPVisionConfig fields, "projection_dim",
-    optionally "phases" and "stem" (``slas_jax.testbed.proxy.ProxyModel``)}; model_seed: initialisation;
-    renders / degraded_fraction / max_blur / max_noise / base_checkpoints / base_samples / base_group_size:
-    the training sample (module docstring); validation_fraction: images (whole groups) held back for the
-    correlation report; ood_renders / ood_base_samples: the out-of-domain report set on held-out prompts
-    (base samples from the first base checkpoint); steps, batch_size (pairs), learning_rate (AdamW peak after
-    warmup_steps, cosine to 10%), weight_decay; rank_weight / group_batch: the within-group loss
-    (:func:`train`); seed: sample, split and batch order; output_dir: the checkpoint folder (replaced).
-    """
+    """The proxy's architecture, labelled sample and training (module docstring)."""
 
     architecture: Mapping[str, Any] = field(default_factory=dict)
+    """{"text": CLIPTextConfig fields, "vision": CLIPVisionConfig fields, "projection_dim", optionally "phases" and "stem"} (``slas_jax.testbed.proxy.ProxyModel``)."""
     model_seed: int = 0
+    """Initialisation of the proxy."""
     renders: int = 1024
+    """Fresh renders of random training prompts in the sample."""
     degraded_fraction: float = 0.5
+    """Fraction of the renders blurred and noised so that they look more like samples."""
     max_blur: float = 1.0
+    """Largest Gaussian blur sigma of a degraded render."""
     max_noise: float = 0.08
+    """Largest pixel-noise std of a degraded render."""
     base_checkpoints: tuple[str, ...] = ("checkpoints/shapes_flow",)
+    """Base-model weight folders whose samples join the sample."""
     base_samples: tuple[int, ...] = (1024,)
+    """Samples of each base checkpoint, one count per checkpoint."""
     base_group_size: int = 1
+    """Base samples per prompt: groups like the ones GRPO ranks; divides every sample count."""
     validation_fraction: float = 0.2
+    """Images (whole groups, with all their pairs) held back for the correlation report."""
     ood_renders: int = 256
+    """Renders of the out-of-domain report set on held-out prompts."""
     ood_base_samples: int = 256
+    """Samples of the first base checkpoint in the out-of-domain report set."""
     steps: int = 1500
+    """Optimizer steps."""
     batch_size: int = 64
+    """(image, prompt) pairs per step."""
     learning_rate: float = 1e-3
+    """AdamW peak after ``warmup_steps``, cosine-decayed to 10%."""
     warmup_steps: int = 100
+    """Linear warmup steps, in [0, steps)."""
     weight_decay: float = 1e-4
+    """AdamW decoupled weight decay."""
     rank_weight: float = 0.0
+    """Weight of the within-group loss: the squared error of group-centred scores, the within-prompt order a GRPO advantage reads; 0: off."""
     group_batch: int = 8
+    """Groups per step in the within-group loss."""
     seed: int = 0
+    """Sample, split and batch order."""
     output_dir: str = "checkpoints/shapes_proxy"
+    """The checkpoint folder (replaced)."""
     log_every: int = 100
+    """Steps between loss readings."""
 
     def validate(self) -> None:
         require(
@@ -495,7 +507,12 @@ def run(config: ProxyConfig, *, command: str = "", progress: bool = True) -> dic
     return metadata
 
 
-COMMAND = Command("testbed.train_proxy", __doc__, config_hint="configs/shapes_proxy.py")
+COMMAND = Command(
+    "testbed.train_proxy",
+    __doc__,
+    config_hint="configs/shapes_proxy.py",
+    config_help=lambda: "\n".join(describe_fields(ProxyConfig)),
+)
 
 
 def train_proxy_command(parsed: Parsed) -> str:

@@ -216,5 +216,5 @@ def test_registered_reward_runs_inside_jit_on_sharded_images(rendered):
         np.testing.assert_array_equal(wrong[1], expected)
         np.testing.assert_allclose(wrong[0], expected - expected.mean(), atol=1e-6)
         assert expected.max() < 1.0
-    with pytest.raises(ValueError, match="'partial' or 'strict'"):
+    with pytest.raises(ValueError, match="config.reward.options.kind: must be one of 'partial', 'strict'"):
         build_reward("shapes", {"kind": "best"})
