@@ -9,6 +9,7 @@ import torch
 import transformers
 from flax import nnx
 from safetensors.numpy import load_file
+from tiny_checkpoints import perturbed
 
 from slas_jax.models import clip, conversion
 from slas_jax.models.conversion import ConversionError
@@ -67,10 +68,7 @@ VISION_CONFIGS = {
 def randomised(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     """``model`` with every parameter perturbed (LayerNorm scales away from 1, biases away from 0)."""
     torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return model.eval()
+    return perturbed(model)
 
 
 def check_close(name: str, got: jax.Array, want: torch.Tensor | np.ndarray) -> float:

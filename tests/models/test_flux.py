@@ -10,6 +10,7 @@ import torch
 import transformers
 from diffusers.pipelines.flux.pipeline_flux import FluxPipeline
 from flax import nnx
+from tiny_checkpoints import perturbed
 
 from slas_jax.models import clip, conversion, flux, t5
 from slas_jax.models.conversion import ConversionError
@@ -65,11 +66,7 @@ def randomised_flux(config: dict, seed: int) -> diffusers.FluxTransformer2DModel
     """A diffusers FLUX transformer whose every parameter is perturbed, so q/k norm scales (init 1) and
     biases differ from each other and from their defaults: a swapped or skipped tensor cannot pass parity."""
     torch.manual_seed(seed)
-    model = diffusers.FluxTransformer2DModel(**config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return model
+    return perturbed(diffusers.FluxTransformer2DModel(**config))
 
 
 @pytest.fixture(scope="module", params=sorted(TINY_CONFIGS))

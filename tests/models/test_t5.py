@@ -8,6 +8,7 @@ import torch
 import transformers
 from flax import nnx
 from safetensors.numpy import save_file
+from tiny_checkpoints import perturbed
 
 from slas_jax.models import conversion, t5
 from slas_jax.models.conversion import ConversionError
@@ -79,11 +80,7 @@ def randomised_t5(config: dict, seed: int) -> transformers.T5EncoderModel:
     """A transformers T5 encoder whose every parameter is perturbed (norm scales start at 1): a swapped or
     skipped tensor cannot pass the parity check."""
     torch.manual_seed(seed)
-    model = transformers.T5EncoderModel(transformers.T5Config(dropout_rate=0.0, **config)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return model
+    return perturbed(transformers.T5EncoderModel(transformers.T5Config(dropout_rate=0.0, **config)))
 
 
 @pytest.fixture(scope="module", params=sorted(TINY_CONFIGS))

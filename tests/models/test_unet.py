@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
+from tiny_checkpoints import perturbed
 
 from slas_jax.models import unet
 from slas_jax.models.conversion import ConversionError
@@ -49,11 +50,7 @@ def randomised_unet(config: dict, seed: int) -> diffusers.UNet2DConditionModel:
     """A diffusers UNet whose every parameter is perturbed, so norm scales (init 1) and biases (init 0) differ
     from each other and from their defaults: a swapped or skipped tensor cannot pass the parity check."""
     torch.manual_seed(seed)
-    model = diffusers.UNet2DConditionModel(**config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return model
+    return perturbed(diffusers.UNet2DConditionModel(**config))
 
 
 @pytest.fixture(scope="module", params=sorted(TINY_CONFIGS))

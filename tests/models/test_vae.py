@@ -8,6 +8,7 @@ import pytest
 import torch
 from flax import nnx
 from safetensors.numpy import load_file
+from tiny_checkpoints import perturbed
 
 from slas_jax.models import conversion, vae
 from slas_jax.models.conversion import ConversionError
@@ -51,11 +52,7 @@ PUBLISHED_BLOCKS = dict(
 def randomised_vae(config: dict, seed: int) -> diffusers.AutoencoderKL:
     """A diffusers VAE with every parameter perturbed (norm scales away from 1, biases away from 0)."""
     torch.manual_seed(seed)
-    model = diffusers.AutoencoderKL(**config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return model
+    return perturbed(diffusers.AutoencoderKL(**config))
 
 
 @pytest.fixture(scope="module", params=sorted(TINY_CONFIGS))

@@ -8,15 +8,14 @@ import re
 from pathlib import Path
 from types import SimpleNamespace
 
-import diffusers
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-import transformers
 from cli_runner import one_line_error, run_module
 from diffusers.pipelines.flux.pipeline_flux import FluxPipeline, calculate_shift, retrieve_timesteps
+from tiny_checkpoints import save_tiny_flux
 
 from slas_jax import grpo
 from slas_jax.config import ConfigError, DataConfig, load_config
@@ -29,7 +28,6 @@ from slas_jax.train import run
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["a red cat on the mat", "bright top", ""]
-WORDS = ("a", "red", "cat", "on", "the", "mat", "bright", "top", "bottom", "left", "right", "centre")
 RESOLUTION = 32  # 8x VAE -> 4 x 4 x 16 latents -> 2 x 2 packed tokens of width 64
 SEQ_LEN = (RESOLUTION // 16) ** 2
 NUM_STEPS = 4
@@ -37,119 +35,13 @@ NOISE_LEVEL = 0.7
 FLUX_GUIDANCE = 3.5
 
 
-def clip_tokenizer(folder: Path) -> transformers.CLIPTokenizer:
-    """A byte-level BPE CLIP tokenizer over ``WORDS`` (vocab.json + merges.txt, as CLIP-L's folder has them):
-    single characters, then left-to-right merges up to each whole word; end-of-text is the largest id."""
-    chars = sorted({c for w in WORDS for c in w})
-    vocab = {"<|startoftext|>": 0, **{c: 0 for c in chars}, **{c + "</w>": 0 for c in chars}}
-    merges = []
-    for word in WORDS:
-        parts = [*word[:-1], word[-1] + "</w>"]
-        while len(parts) > 1:
-            merges.append(f"{parts[0]} {parts[1]}")
-            parts = [parts[0] + parts[1], *parts[2:]]
-            vocab[parts[0]] = 0
-    vocab["<|endoftext|>"] = 0
-    folder.mkdir(parents=True)
-    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n")
-    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 77}))
-    return transformers.CLIPTokenizer.from_pretrained(str(folder))
-
-
-def t5_tokenizer() -> transformers.T5TokenizerFast:
-    """A Unigram (SentencePiece-style) T5 tokenizer over ``WORDS``: pad 0, eos 1, unk 2, whole words, then
-    single characters as a fallback; saved by the pipeline as tokenizer.json."""
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
-    pieces += [("▁" + w, -1.0) for w in WORDS]
-    pieces += [(c, -5.0) for c in sorted({c for w in WORDS for c in w})]
-    return transformers.T5TokenizerFast(vocab=pieces, extra_ids=0)
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> tuple[FluxPipeline, Path]:
     """A tiny random FluxPipeline (FLUX.1-dev's structure: guidance-embedded transformer, 16-channel 8x VAE
     with FLUX's latent scaling, CLIP-L-style pooling, dynamic-shift scheduler), every weight perturbed so
-    that no parameter sits at its default, and the folder it was saved to."""
-    tmp = tmp_path_factory.mktemp("flux")
-    torch.manual_seed(0)
-    tokenizer = clip_tokenizer(tmp / "clip_tokenizer_source")
-    tokenizer_2 = t5_tokenizer()
-    text_encoder = transformers.CLIPTextModel(
-        transformers.CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=2,  # CLIP-L's legacy value: pool at the largest id, the end-of-text token
-        )
-    )
-    text_encoder_2 = transformers.T5EncoderModel(
-        transformers.T5Config(
-            vocab_size=len(tokenizer_2),
-            d_model=24,
-            d_kv=8,
-            d_ff=32,
-            num_layers=1,
-            num_heads=2,
-            feed_forward_proj="gated-gelu",
-            dropout_rate=0.0,
-        )
-    )
-    transformer = diffusers.FluxTransformer2DModel(
-        in_channels=64,
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=8,
-        num_attention_heads=2,
-        joint_attention_dim=24,
-        pooled_projection_dim=16,
-        guidance_embeds=True,
-        axes_dims_rope=(2, 2, 4),
-    )
-    vae = diffusers.AutoencoderKL(
-        down_block_types=["DownEncoderBlock2D"] * 4,
-        up_block_types=["UpDecoderBlock2D"] * 4,
-        block_out_channels=[8, 8, 8, 8],
-        layers_per_block=1,
-        latent_channels=16,
-        norm_num_groups=4,
-        sample_size=RESOLUTION,
-        scaling_factor=0.3611,
-        shift_factor=0.1159,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
-    models = (text_encoder, text_encoder_2, transformer, vae)
-    with torch.no_grad():
-        for model in models:
-            model.eval()
-            for p in model.parameters():
-                p.add_(0.1 * torch.randn_like(p))
-    # FLUX.1-dev's scheduler_config.json (its "shift" 3.0 is unused: dynamic shifting is on).
-    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(
-        base_image_seq_len=256,
-        base_shift=0.5,
-        max_image_seq_len=4096,
-        max_shift=1.15,
-        shift=3.0,
-        use_dynamic_shifting=True,
-    )
-    pipe = FluxPipeline(
-        scheduler=scheduler,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        text_encoder_2=text_encoder_2,
-        tokenizer_2=tokenizer_2,
-        transformer=transformer,
-    )
-    pipe.save_pretrained(tmp / "FLUX.1-tiny")
-    return pipe, tmp / "FLUX.1-tiny"
+    that no parameter sits at its default (tiny_checkpoints.save_tiny_flux), and the folder it was saved to."""
+    folder = tmp_path_factory.mktemp("flux") / "FLUX.1-tiny"
+    return save_tiny_flux(folder, resolution=RESOLUTION), folder
 
 
 def flux_config(folder: Path | None, **sections: dict) -> dict:

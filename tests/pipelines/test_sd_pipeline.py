@@ -4,7 +4,6 @@ variance noise, VAE decode, and one full step end to end; two GRPO steps of ``tr
 folder and from its converted copy (SD1.4 recipe: text_file prompts, PickScore-style reward, CFG); the
 recipe's one-line error without weights; and generation from a converted folder without torch."""
 
-import json
 import os
 import re
 import subprocess
@@ -18,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-import transformers
 from cli_runner import one_line_error, run_module
 from jax.experimental.compilation_cache import compilation_cache as jax_compilation_cache
+from tiny_checkpoints import save_tiny_clip_model, save_tiny_sd
 
 from slas_jax import grpo
 from slas_jax.checkpoint import Checkpointer
@@ -34,105 +33,19 @@ from slas_jax.train import run
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["a red cat on the mat", "a dog in the fog"]
-WORDS = ("a", "red", "cat", "on", "the", "mat", "dog", "in", "fog", "photo", "of")
 RESOLUTION = 16  # VAE x2 -> 8 x 8 x 4 latents
 NUM_STEPS = 4
 GUIDANCE = 3.0
 ETA = 1.0
 
 
-def write_clip_tokenizer(folder: Path) -> transformers.CLIPTokenizer:
-    """A byte-level BPE CLIP tokenizer over ``WORDS`` (vocab.json + merges.txt, as SD's tokenizer folder):
-    characters, then left-to-right merges up to each whole word; the special tokens take the largest ids, as in
-    CLIP's vocabulary, so SD1.x's legacy pooling rule (largest id) finds the end-of-text token."""
-    chars = sorted({c for w in WORDS for c in w})
-    vocab = {**{c: 0 for c in chars}, **{c + "</w>": 0 for c in chars}}
-    merges = []
-    for word in WORDS:
-        parts = [*word[:-1], word[-1] + "</w>"]
-        while len(parts) > 1:
-            merges.append(f"{parts[0]} {parts[1]}")
-            parts = [parts[0] + parts[1], *parts[2:]]
-            vocab[parts[0]] = 0
-    vocab.update({"<|startoftext|>": 0, "<|endoftext|>": 0})
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n")
-    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 77}))
-    return transformers.CLIPTokenizer.from_pretrained(str(folder))
-
-
-def perturbed(model: torch.nn.Module) -> torch.nn.Module:
-    """Every parameter moved off its initial value (norm scales off 1, biases off 0)."""
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> tuple[diffusers.StableDiffusionPipeline, Path]:
     """A tiny random StableDiffusionPipeline with SD1.4's structure (CrossAttn down / up blocks, 4-channel VAE
-    with SD's scaling factor, OpenAI-style CLIP text encoder, DDIM with SD1.4's scheduler settings), saved by
-    save_pretrained; and the folder."""
-    tmp = tmp_path_factory.mktemp("sd")
-    torch.manual_seed(0)
-    tokenizer = write_clip_tokenizer(tmp / "tokenizer_source")
-    text_encoder = transformers.CLIPTextModel(
-        transformers.CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=2,  # SD1.4's legacy value: pool at the largest id
-        )
-    )
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=RESOLUTION // 2,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        cross_attention_dim=16,
-        attention_head_dim=2,
-        norm_num_groups=4,
-    )
-    vae = diffusers.AutoencoderKL(
-        down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2,
-        block_out_channels=[8, 8],
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=RESOLUTION,
-    )
-    # SD1.4's scheduler_config.json values (it ships PNDM with them; DDPO / DanceGRPO swap in DDIM).
-    scheduler = diffusers.DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    pipe = diffusers.StableDiffusionPipeline(
-        vae=perturbed(vae),
-        text_encoder=perturbed(text_encoder),
-        tokenizer=tokenizer,
-        unet=perturbed(unet),
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(tmp / "sd-tiny")
-    return pipe, tmp / "sd-tiny"
+    with SD's scaling factor, OpenAI-style CLIP text encoder, DDIM with SD1.4's scheduler settings, every
+    weight perturbed: tiny_checkpoints.save_tiny_sd), saved by save_pretrained; and the folder."""
+    folder = tmp_path_factory.mktemp("sd") / "sd-tiny"
+    return save_tiny_sd(folder, resolution=RESOLUTION), folder
 
 
 def sd_config(folder: Path | str | None, **sections: dict) -> dict:
@@ -291,42 +204,12 @@ def test_one_ddim_step_with_cfg_matches_the_pipeline(reference, ours):
 # Training: the SD1.4 recipe's pieces on the tiny folder.
 
 
-def write_tiny_pickscore(folder: Path) -> None:
-    """A tiny PickScore-shaped CLIPModel folder (weights, tokenizer files, preprocessor_config.json resizing
-    RESOLUTION-pixel images to 8 pixels, so the reward's JAX resize runs inside the train step)."""
-    tokenizer = write_clip_tokenizer(folder)
-    config = transformers.CLIPConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            hidden_act="gelu",
-            eos_token_id=tokenizer.eos_token_id,
-        ),
-        vision_config=dict(
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=8,
-            patch_size=4,
-            hidden_act="gelu",
-        ),
-        projection_dim=8,
-    )
-    perturbed(transformers.CLIPModel(config)).save_pretrained(folder)
-    transformers.CLIPImageProcessorPil(
-        size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8}
-    ).save_pretrained(folder)
-
-
 @pytest.fixture(scope="module")
 def training_inputs(tmp_path_factory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("training")
-    write_tiny_pickscore(tmp / "PickScore-tiny")
+    # A PickScore-shaped CLIPModel whose 8-pixel crop makes the reward's JAX resize of RESOLUTION-pixel
+    # images run inside the train step.
+    save_tiny_clip_model(tmp / "PickScore-tiny", image_size=8)
     (tmp / "prompts.txt").write_text("a red cat on the mat\na dog in the fog\na photo of a cat\nthe dog\n")
     return {"reward": tmp / "PickScore-tiny", "prompts": tmp / "prompts.txt", "tfds": tmp / "tfds"}
 
