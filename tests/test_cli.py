@@ -139,7 +139,7 @@ def test_every_command_reports_bad_input_in_one_line(capsys, main, argv, expecte
 
 @pytest.mark.parametrize("flag", ["--verbose", "--verbose=true", "--verbose=1"])
 def test_verbose_in_any_spelling_shows_the_traceback(flag):
-    with pytest.raises(Exception, match="config.train.num_steps: must be >= 1"):
+    with pytest.raises(Exception, match=r"config\.train\.num_steps: must be >= 1"):
         train.main(["prog", "--config", UNET, "--config.train.num_steps=0", flag])
 
 

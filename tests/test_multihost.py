@@ -8,7 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import optax
+import pytest
 from engine_harness import MESH_TEST_OVERRIDES, flat, run_step
+
+pytestmark = pytest.mark.slow
 
 WORKER = Path(__file__).with_name("multihost_worker.py")
 

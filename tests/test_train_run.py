@@ -3,7 +3,10 @@
 import json
 from pathlib import Path
 
+import pytest
 from cli_runner import run_module
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from slas_jax.testbed import shapes
-from slas_jax.testbed.shapes import Clause, PromptSpec
 from slas_jax.rewards import build_reward
 from slas_jax.testbed import ground_truth as reward
+from slas_jax.testbed import shapes
+from slas_jax.testbed.shapes import Clause, PromptSpec
 
 NUM_RENDERS = 2000
 
@@ -216,5 +216,7 @@ def test_registered_reward_runs_inside_jit_on_sharded_images(rendered):
         np.testing.assert_array_equal(wrong[1], expected)
         np.testing.assert_allclose(wrong[0], expected - expected.mean(), atol=1e-6)
         assert expected.max() < 1.0
-    with pytest.raises(ValueError, match="config.reward.options.kind: must be one of 'partial', 'strict'"):
+    with pytest.raises(
+        ValueError, match=r"config\.reward\.options\.kind: must be one of 'partial', 'strict'"
+    ):
         build_reward("shapes", {"kind": "best"})

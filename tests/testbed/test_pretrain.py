@@ -11,10 +11,10 @@ import jax
 import pytest
 from cli_runner import one_line_error, run_module
 
-from slas_jax.testbed import pretrain
 from slas_jax.config import json_ready
 from slas_jax.models.conversion import ConversionError
 from slas_jax.pipelines import build_pipeline
+from slas_jax.testbed import pretrain
 from slas_jax.weights import (
     export_policy,
     load_policy,
@@ -22,6 +22,8 @@ from slas_jax.weights import (
     read_metadata,
     restore_pretrained,
 )
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE_COMMAND = "python -m slas_jax.testbed.pretrain --config smoke.py"
@@ -124,12 +126,12 @@ def test_architecture_mismatch_and_missing_folder_name_the_regenerate_command(sm
     bundle = build_pipeline(other, read_metadata(pc.output_dir)["vocabulary"])
     with pytest.raises(ConversionError, match=f"does not fit.*{re.escape(SMOKE_COMMAND)}"):
         restore_pretrained(bundle, pc.output_dir)
-    with pytest.raises(FileNotFoundError, match="is missing.*pretraining run or train.export_every"):
+    with pytest.raises(FileNotFoundError, match=r"is missing.*pretraining run or train\.export_every"):
         restore_pretrained(bundle, tmp_path / "nowhere")
 
 
 def test_exported_policy_loads_as_a_base_model_with_its_origin(smoke_run, tmp_path):
-    config, pc, metadata = smoke_run
+    _, pc, metadata = smoke_run
     base_config, bundle = load_policy(pc.output_dir)
     trained = jax.tree.map(lambda x: x + 1, bundle.params)
     vocabulary = metadata["vocabulary"]

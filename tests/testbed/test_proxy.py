@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from slas_jax.rewards import build_reward
 from slas_jax.testbed import train_proxy
+from slas_jax.testbed.proxy import REGENERATE, build_proxy, load_proxy, proxy_scores, shift_images
 from slas_jax.testbed.shapes import IMAGE_SIZE, MAX_TOKENS, VOCABULARY, split_specs
 from slas_jax.weights import params_hash
-from slas_jax.rewards import build_reward
-from slas_jax.testbed.proxy import REGENERATE, build_proxy, load_proxy, proxy_scores, shift_images
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "checkpoints" / "shapes_proxy"
