@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import itertools
 import re
 import textwrap
 import types
@@ -76,13 +77,15 @@ class SamplerConfig:
     """The stochastic sampler used for rollouts and for re-scoring transitions."""
 
     name: Literal["ddim", "flow_sde", "dance_flow"] = "ddim"
-    """Registered sampler (``slas_jax.samplers.SAMPLERS``): "ddim" (eta; UNet), "flow_sde" (Flow-GRPO, noise level a) or "dance_flow" (DanceGRPO FLUX, eta); the flow ones need family "flux"."""
+    """Registered sampler (``slas_jax.samplers.SAMPLERS``): "ddim" (eta; UNet), "flow_sde" (Flow-GRPO, noise
+    level a) or "dance_flow" (DanceGRPO FLUX, eta); the flow ones need family "flux"."""
     num_steps: int = 10
     """Denoising steps of a rollout (>= 2)."""
     noise_level: float = 1.0
     """eta (ddim, dance_flow) or a (flow_sde): the policy's stochasticity, > 0."""
     schedule: Literal["shift", "dynamic"] = "shift"
-    """Flow sigmas shifted by ``shift`` (DanceGRPO / SD3) or "dynamic" (FLUX's resolution-dependent shift from the scheduler config)."""
+    """Flow sigmas shifted by ``shift`` (DanceGRPO / SD3) or "dynamic" (FLUX's resolution-dependent shift from
+    the scheduler config)."""
     shift: float = 1.0
     """The flow schedule's shift, > 0."""
     flux_guidance: float = 3.5
@@ -94,9 +97,11 @@ class SamplerConfig:
     same_noise_in_group: bool = False
     """All samples of a prompt start from the same noise (DanceGRPO's init_same_noise)."""
     decode: Literal["sample", "prediction"] = "sample"
-    """The image comes from the last sample ("sample": DDPO, Flow-GRPO) or the model's clean-sample estimate at the last step ("prediction": DanceGRPO)."""
+    """The image comes from the last sample ("sample": DDPO, Flow-GRPO) or the model's clean-sample estimate
+    at the last step ("prediction": DanceGRPO)."""
     sde_window: tuple[int, int] | None = None
-    """(start, end): only steps [start, end) draw noise, the others take the deterministic step (Flow-GRPO-Fast, MixGRPO); the loss must train inside it. None: every step draws."""
+    """(start, end): only steps [start, end) draw noise, the others take the deterministic step
+    (Flow-GRPO-Fast, MixGRPO); the loss must train inside it. None: every step draws."""
 
     def validate(self, name: str) -> None:
         require(self.num_steps >= 2, f"{name}.num_steps", f"must be >= 2, got {self.num_steps}")
@@ -153,9 +158,11 @@ class LossConfig:
     timestep_fraction: float = 1.0
     """Fraction of the trainable steps each sample trains on, in (0, 1]."""
     exclude_first_steps: int = 0
-    """First (noisiest) transitions never trained, for models whose outcome barely depends on those steps' noise."""
+    """First (noisiest) transitions never trained, for models whose outcome barely depends on those steps'
+    noise."""
     exclude_last_steps: int | None = None
-    """Final transitions never trained (DanceGRPO SD trains all but the last); >= 1 with sampler.decode = "prediction", whose image the last transition never reaches. None: 1 with "prediction", else 0."""
+    """Final transitions never trained (DanceGRPO SD trains all but the last); >= 1 with sampler.decode =
+    "prediction", whose image the last transition never reaches. None: 1 with "prediction", else 0."""
 
     def validate(self, name: str) -> None:
         require(self.clip_range > 0, f"{name}.clip_range", f"must be > 0, got {self.clip_range}")
@@ -182,7 +189,9 @@ class OptimConfig:
     grad_clip: float = 1.0
     """Global-norm gradient clipping threshold, > 0."""
     trainable: tuple[str, ...] = ()
-    """Regular expressions over the backbone's dotted parameter paths (``slas_jax.param_paths``, e.g. ``"attn.(to|add)_"``): only matching parameters are updated, the others keep their pretrained values, as Flow-GRPO and DanceGRPO adapt only the attention projections. Empty: every parameter trains."""
+    """Regular expressions over the backbone's dotted parameter paths (``slas_jax.param_paths``, e.g.
+    ``"attn.(to|add)_"``): only matching parameters are updated, the others keep their pretrained values, as
+    Flow-GRPO and DanceGRPO adapt only the attention projections. Empty: every parameter trains."""
 
     def validate(self, name: str) -> None:
         require(self.learning_rate > 0, f"{name}.learning_rate", "must be > 0")
@@ -199,7 +208,8 @@ class OptimConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """The RL loop: ``prompts_per_step`` prompts x ``group_size`` samples per step, split into optimizer updates of ``micro_batch_size x grad_accum_steps`` samples each."""
+    """The RL loop: ``prompts_per_step`` prompts x ``group_size`` samples per step, split into optimizer
+    updates of ``micro_batch_size x grad_accum_steps`` samples each."""
 
     num_steps: int = 20
     """RL steps of the run, >= 1."""
@@ -218,7 +228,8 @@ class TrainConfig:
     checkpoint_every: int = 0
     """Every N steps (and at the end) the train state is saved for resuming; 0: never."""
     export_every: int = 0
-    """Every N steps (and at the end) the policy is written as a weights folder, ``output_dir/policy/step_<n>`` (``slas_jax.weights.export_policy``); 0: never."""
+    """Every N steps (and at the end) the policy is written as a weights folder,
+    ``output_dir/policy/step_<n>`` (``slas_jax.weights.export_policy``); 0: never."""
     output_dir: str = "runs/default"
     """Where metrics, samples, checkpoints and exports go."""
 
@@ -298,11 +309,13 @@ class EvalConfig:
     """Evaluation beside the training reward (off when ``scorer`` is None)."""
 
     scorer: str | None = None
-    """Registered host ground-truth scorer (``slas_jax.scorers.SCORERS``) applied to every step's rollout samples and to the fixed sets; None or "": no evaluation."""
+    """Registered host ground-truth scorer (``slas_jax.scorers.SCORERS``) applied to every step's rollout
+    samples and to the fixed sets; None or "": no evaluation."""
     every: int = 10
     """Steps between evaluations of the fixed sets, >= 1."""
     sets: Mapping[str, Any] = field(default_factory=dict)
-    """Fixed prompt sets by name, each ``{"name": source, "options": {...}}`` (e.g. in-domain and held-out)."""
+    """Fixed prompt sets by name, each ``{"name": source, "options": {...}}`` (e.g. in-domain and held-out).
+    """
     num_prompts: int = 16
     """Prompts of each set evaluated, >= 1."""
     samples_per_prompt: int = 2
@@ -499,7 +512,7 @@ def field_docs(cls: type) -> dict[str, str]:
     body = tree.body[0].body
     return {
         node.target.id: " ".join(following.value.value.split())
-        for node, following in zip(body, body[1:], strict=False)
+        for node, following in itertools.pairwise(body)
         if isinstance(node, ast.AnnAssign)
         and isinstance(node.target, ast.Name)
         and isinstance(following, ast.Expr)

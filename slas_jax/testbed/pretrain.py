@@ -91,7 +91,8 @@ class PretrainConfig:
     time_shift: float = 1.0
     """Shift of the flow-matching times towards noise, like the sampler's schedule (ignored by the UNet)."""
     min_snr_gamma: float = 0.0
-    """The UNet's Min-SNR-gamma loss weight min(SNR, gamma) / SNR (Hang et al. 2023), which stops easy low-noise timesteps from dominating the gradient; 0: unweighted (ignored by the flow model)."""
+    """The UNet's Min-SNR-gamma loss weight min(SNR, gamma) / SNR (Hang et al. 2023), which stops easy
+    low-noise timesteps from dominating the gradient; 0: unweighted (ignored by the flow model)."""
     output_dir: str = "checkpoints/shapes_flow"
     """The checkpoint folder (replaced)."""
     eval_samples_per_prompt: int = 2
@@ -103,9 +104,13 @@ class PretrainConfig:
     eval_chunk: int = 128
     """Prompts per sampler call during evaluation."""
     zero_init: tuple[str, ...] = ()
-    """Regular expressions over the backbone's dotted parameter paths whose parameters start at zero, e.g. DiT's adaLN-Zero (modulation and output layers): every block starts as the identity and the output at zero, which trains markedly faster."""
+    """Regular expressions over the backbone's dotted parameter paths whose parameters start at zero, e.g.
+    DiT's adaLN-Zero (modulation and output layers): every block starts as the identity and the output at
+    zero, which trains markedly faster."""
     ema_decay: float = 0.0
-    """The saved and evaluated weights are an exponential moving average with decay min(ema_decay, (1 + step) / (10 + step)); 0: the trained weights themselves. Short runs at a high learning rate sample much better from the average."""
+    """The saved and evaluated weights are an exponential moving average with decay min(ema_decay, (1 + step)
+    / (10 + step)); 0: the trained weights themselves. Short runs at a high learning rate sample much better
+    from the average."""
     log_every: int = 50
     """Steps between loss readings (the only points where the host waits for the device)."""
 

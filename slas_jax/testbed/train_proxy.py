@@ -57,7 +57,8 @@ class ProxyConfig:
     """The proxy's architecture, labelled sample and training (module docstring)."""
 
     architecture: Mapping[str, Any] = field(default_factory=dict)
-    """{"text": CLIPTextConfig fields, "vision": CLIPVisionConfig fields, "projection_dim", optionally "phases" and "stem"} (``slas_jax.testbed.proxy.ProxyModel``)."""
+    """{"text": CLIPTextConfig fields, "vision": CLIPVisionConfig fields, "projection_dim", optionally
+    "phases" and "stem"} (``slas_jax.testbed.proxy.ProxyModel``)."""
     model_seed: int = 0
     """Initialisation of the proxy."""
     renders: int = 1024
@@ -91,7 +92,8 @@ class ProxyConfig:
     weight_decay: float = 1e-4
     """AdamW decoupled weight decay."""
     rank_weight: float = 0.0
-    """Weight of the within-group loss: the squared error of group-centred scores, the within-prompt order a GRPO advantage reads; 0: off."""
+    """Weight of the within-group loss: the squared error of group-centred scores, the within-prompt order a
+    GRPO advantage reads; 0: off."""
     group_batch: int = 8
     """Groups per step in the within-group loss."""
     seed: int = 0

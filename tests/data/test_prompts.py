@@ -9,9 +9,9 @@ import pytest
 
 from slas_jax.config import DataConfig
 from slas_jax.data import build_prompt_source, prompts
+from slas_jax.data.prompts import PromptRecord
 from slas_jax.testbed import shapes
 from slas_jax.testbed.prompts import shapes_records
-from slas_jax.data.prompts import PromptRecord
 
 
 @pytest.fixture(scope="module")
