@@ -12,10 +12,10 @@ the library never imports it, and a user's own package adds rewards or prompt so
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Generic, TypeVar
 
-from slas_jax.errors import ConfigError
+from slas_jax.errors import ConfigError, UserError
 
 T = TypeVar("T")
 PLUGIN_GROUP = "slas_jax.plugins"
@@ -62,6 +62,22 @@ class Registry(Generic[T]):
                 f"{', '.join(self.names())}"
             )
         return self._entries[name]
+
+    def build(self, name: str, options: Mapping[str, Any], section: str) -> Any:
+        """Calls the entry ``name`` (a builder) with keyword ``options``, checked against its signature;
+        ``section`` is the config section naming it (``reward``: fields ``reward.name``, ``reward.options``).
+        A builder's ValueError about its options becomes a ConfigError on ``<section>.options``."""
+        # Imported here: config imports the modules that hold registries.
+        from slas_jax.config import bind_options
+
+        builder = self.get(name, f"{section}.name")
+        kwargs = bind_options(builder, options, f"{section}.options")
+        try:
+            return builder(**kwargs)
+        except UserError:
+            raise
+        except ValueError as e:
+            raise ConfigError(f"config.{section}.options: {e}") from e
 
     def names(self) -> list[str]:
         """Every registered name, sorted."""

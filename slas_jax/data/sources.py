@@ -8,8 +8,7 @@ from typing import Protocol
 
 import numpy as np
 
-from slas_jax.config import ConfigError, DataConfig, bind_options
-from slas_jax.errors import UserError
+from slas_jax.config import DataConfig
 from slas_jax.registry import Registry
 
 
@@ -28,14 +27,7 @@ SOURCES: Registry[SourceBuilder] = Registry("prompt source", "data.name")
 register_source = SOURCES.register
 
 
-def build_prompt_source(config: DataConfig, field: str = "data") -> PromptSource:
-    """The source ``config.name`` built with ``config.options`` (checked against its signature); ``field``
+def build_prompt_source(config: DataConfig, section: str = "data") -> PromptSource:
+    """The source ``config.name`` built with ``config.options`` (checked against its signature); ``section``
     names the config section in errors (e.g. ``eval.sets.held_out``)."""
-    builder = SOURCES.get(config.name, f"{field}.name")
-    kwargs = bind_options(builder, config.options, f"{field}.options")
-    try:
-        return builder(**kwargs)
-    except UserError:
-        raise
-    except ValueError as e:
-        raise ConfigError(f"config.{field}.options: {e}") from e
+    return SOURCES.build(config.name, config.options, section)

@@ -9,8 +9,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from slas_jax.config import ConfigError, bind_options
-from slas_jax.errors import UserError
+from slas_jax.config import ConfigError
 from slas_jax.registry import Registry
 
 
@@ -37,16 +36,8 @@ register = REWARDS.register
 
 
 def build_reward(name: str, options: Mapping[str, Any]) -> Reward:
-    """The reward called ``name``, built with keyword ``options`` (checked against the builder's signature);
-    a builder's ValueError about its options becomes a ConfigError on ``reward.options``."""
-    builder = REWARDS.get(name)
-    kwargs = bind_options(builder, options, "reward.options")
-    try:
-        return builder(**kwargs)
-    except UserError:
-        raise
-    except ValueError as e:
-        raise ConfigError(f"config.reward.options: {e}") from e
+    """The reward called ``name``, built with keyword ``options`` (checked against the builder's signature)."""
+    return REWARDS.build(name, options, "reward")
 
 
 def check_reads(
