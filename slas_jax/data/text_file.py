@@ -36,6 +36,8 @@ class TextFilePrompts:
     initialised model's word-level tokenizer covers every prompt.
     """
 
+    arrays = ()
+
     def __init__(self, path: str | None = None, seed: int = 0, data_dir: str = "~/tensorflow_datasets"):
         if not path:
             raise ConfigError(
