@@ -73,7 +73,7 @@ class Command:
         usage = " ".join(
             [self.prog, *self.positionals, *(["--config", self.config_hint] if self.config_hint else [])]
         )
-        parts = [f"usage: {usage} [flags]", self.doc.strip(), "flags:", self._flag_values().get_help()]
+        parts = [f"usage: {usage} [flags]", self.doc.strip(), "flags:", self._flag_values().get_help().strip()]
         if self.config_help is not None:
             parts += [
                 "config fields (override any with --config.<section>.<field>=<value>):",
@@ -84,6 +84,9 @@ class Command:
     def parse(self, argv: Sequence[str]) -> Parsed:
         """Parses ``argv`` (program name first); ConfigError with one line on any bad flag or override."""
         values = self._flag_values()
+        # ml_collections registers the --config.<path> override flags from sys.argv, not from the argv it is
+        # given, so a caller passing its own argv (tests, a notebook) must see it there while parsing.
+        saved, sys.argv = sys.argv, list(argv)
         try:
             rest = values(list(argv))
             config = values["config"].value if self.config_hint is not None else None
@@ -96,6 +99,8 @@ class Command:
             if isinstance(e, UserError):
                 raise
             raise ConfigError(_explain_override_error(argv)) from e
+        finally:
+            sys.argv = saved
         if self.config_hint is not None and config is None:
             raise ConfigError(f"missing --config; pass --config {self.config_hint}")
         args = rest[1:]

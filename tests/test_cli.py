@@ -56,7 +56,7 @@ BAD_TRAIN_OVERRIDES = [
     ((UNET, "--config.loss.exclude_first_steps=6"), "config.loss.exclude_last_steps: plus"),
     ((FLOW, "--config.loss.exclude_first_steps=0"), "only sampler.sde_window = [3, 5) is stochastic"),
     (
-        (FLOW, "--config.sampler.sde_window=None", "--config.loss.exclude_last_steps=0"),
+        (UNET, "--config.sampler.decode=prediction", "--config.loss.exclude_last_steps=0"),
         "config.loss.exclude_last_steps: must be >= 1 with sampler.decode='prediction'",
     ),
     # optim
@@ -76,13 +76,13 @@ BAD_TRAIN_OVERRIDES = [
     ((UNET, "--config.mesh.fsdp=3"), "config.mesh"),
     # reward
     ((UNET, "--config.reward.name=nope"), "config.reward.name: unknown reward 'nope'"),
-    ((FLOW, "--config.reward.options.kind=best"), "config.reward.options.kind: must be one of"),
+    ((FLOW + ":truth", "--config.reward.options.kind=best"), "config.reward.options.kind: must be one of"),
     ((UNET, "--config.reward.name=shapes"), "reward 'shapes' reads shapes_spec"),
     # data
     ((UNET, "--config.data.name=nope"), "config.data.name: unknown prompt source 'nope'"),
     ((UNET, "--config.data.name=text_file"), "config.data.options.path: set it"),
     ((FLOW, "--config.data.options.split=test"), "config.data.options"),
-    ((FLOW, "--config.data.options.seed=x"), "config.data.options.seed: must be an integer"),
+    ((FLOW, "--config.data.options.nope=1"), "unknown config key 'data.options.nope'"),
     # eval
     ((FLOW, "--config.eval.scorer=nope"), "config.eval.scorer: unknown scorer 'nope'"),
     ((FLOW, "--config.eval.every=0"), "config.eval.every: must be >= 1"),
@@ -107,11 +107,14 @@ def test_bad_train_overrides_end_in_one_line(capsys, args, expected):
 def test_a_text_file_source_cannot_feed_a_reward_that_reads_arrays(capsys, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("bright top\nbright left\n")
-    line = one_line_error(
-        capsys,
-        train.main,
-        ["--config", UNET, "--config.data.name=text_file", f"--config.data.options.path={prompts}"],
+    config = tmp_path / "text_prompts.py"
+    config.write_text(
+        "import runpy\n\n\ndef get_config():\n"
+        f"    c = runpy.run_path({UNET!r})['get_config']()\n"
+        f"    c.data.name, c.data.options = 'text_file', {{'path': {str(prompts)!r}, 'data_dir': {str(tmp_path)!r}}}\n"
+        "    return c\n"
     )
+    line = one_line_error(capsys, train.main, ["--config", str(config)])
     assert "reward 'brightness' reads region" in line and "prompt source 'text_file'" in line
 
 
@@ -157,7 +160,7 @@ def test_noverbose_keeps_the_one_line(capsys):
             [
                 "usage: python -m slas_jax.train --config configs/<name>.py",
                 "config.advantage.gamma (default 1.0)",
-                "--multihost",
+                "multihost",
             ],
         ),
         (

@@ -16,7 +16,7 @@ def test_every_name_the_readme_imports_from_slas_jax_exists():
     }
     assert names, "the README shows no `from slas_jax import ...` line"
     for name in names:
-        assert callable(getattr(slas_jax, name)), name
+        assert getattr(slas_jax, name) is not None, name
 
 
 def test_every_export_resolves():
