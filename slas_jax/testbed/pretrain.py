@@ -1,4 +1,5 @@
-"""Command line: ``python -m slas_jax.testbed.pretrain --config configs/shapes_pretrain_flow.py [--config.a.b=v ...]``.
+"""Command line: ``python -m slas_jax.testbed.pretrain --config configs/shapes_pretrain_flow.py
+[--config.a.b=v ...]``.
 
 Pretrains a shapes-testbed base model, jointly with its text encoder, on rendered (image, caption) pairs of
 the shapes TRAINING prompts (``slas_jax.testbed.shapes``; images 32x32 RGB scaled to [-1, 1]):
@@ -13,12 +14,12 @@ A fraction ``cond_dropout`` of captions is replaced by the negative prompt's tok
 ``uncond_tokens``) so that classifier-free guidance works. Training runs through the bundle's own
 ``pipeline.encode`` / ``pipeline.denoise``, so the weights drop straight into the RL pipelines
 (``model.init_checkpoint``). Training stops after ``pretrain.steps`` on purpose: the base model must stay
-imperfect. Afterwards GenEval-style accuracy (the ground-truth scorer of ``slas_jax.testbed.ground_truth``, strict and
-partial, overall and per category) is measured on images sampled with the RL sampler settings
+imperfect. Afterwards GenEval-style accuracy (the ground-truth scorer of ``slas_jax.testbed.ground_truth``,
+strict and partial, overall and per category) is measured on images sampled with the RL sampler settings
 (``grpo.make_generate``) for every training and held-out prompt, and the checkpoint is written to
-``pretrain.output_dir`` (``slas_jax.weights``) with a JSON of config, eval numbers and the hash
-of the parameters. JAX on CPU is deterministic: the same command on the same machine and software reproduces
-the parameters bit for bit (same hash).
+``pretrain.output_dir`` (``slas_jax.weights``) with a JSON of config, eval numbers and the hash of the
+parameters. JAX on CPU is deterministic: the same command on the same machine and software reproduces the
+parameters bit for bit (same hash).
 
 Bad configs end with one line on stderr and exit code 2 (``--verbose`` shows the traceback).
 """

@@ -7,12 +7,12 @@ pair as
     score = exp(logit_scale) * cosine(image embedding, text embedding) + bias,
 
 HPS's form (a scaled CLIP cosine) plus a bias, regressed onto the ground-truth PARTIAL score of a limited
-labelled sample (``python -m slas_jax.testbed.train_proxy --config configs/shapes_proxy.py``), including how it orders
-the samples of one prompt, and averaged over every alignment of the image with the ViT's patch grid
+labelled sample (``python -m slas_jax.testbed.train_proxy --config configs/shapes_proxy.py``), including how
+it orders the samples of one prompt, and averaged over every alignment of the image with the ViT's patch grid
 (:class:`ProxyModel`). Like HPS it is imperfect (trained on a few thousand base-model samples, it has never
-seen most images a policy will produce) and exploitable: a policy can raise the cosine without satisfying
-the prompt. The shipped checkpoint lives in ``checkpoints/shapes_proxy`` (``params/`` + ``metadata.json``
-with its held-out correlations with the truth).
+seen most images a policy will produce) and exploitable: a policy can raise the cosine without satisfying the
+prompt. The shipped checkpoint lives in ``checkpoints/shapes_proxy`` (``params/`` + ``metadata.json`` with its
+held-out correlations with the truth).
 
 The reward is a pure jittable function of (its parameters, images, the batch's ``proxy_tokens``); its
 ``prepare`` tokenises prompts with its own tokenizer, so any pipeline's tokenizer can sit beside it.

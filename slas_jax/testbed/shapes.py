@@ -2,8 +2,9 @@
 combinations, and a deterministic renderer of small RGB images of coloured shapes on a white background.
 
 Images are (h, w, 3) float32 in [0, 1], HWC, default 32x32. Each prompt carries GenEval-layout metadata
-(``tag``, ``include`` clauses with ``class`` / ``count`` / ``color`` / ``position``, ``exclude`` for counting) as a
-``slas_jax.data.geneval.PromptSpec``; ``slas_jax.testbed.ground_truth`` scores images against it from pixels alone.
+(``tag``, ``include`` clauses with ``class`` / ``count`` / ``color`` / ``position``, ``exclude`` for counting)
+as a ``slas_jax.data.geneval.PromptSpec``; ``slas_jax.testbed.ground_truth`` scores images against it from
+pixels alone.
 
 Split rule (``split_specs``): a prompt is HELD-OUT when it contains a held-out part, else TRAINING:
   * a colour-shape pairing in ``HELD_OUT_PAIRS`` (each shape has one colour it never wears in training), or

@@ -1,4 +1,5 @@
-"""Command line: ``python -m slas_jax.testbed.train_proxy --config configs/shapes_proxy.py [--config.key=value ...]``.
+"""Command line: ``python -m slas_jax.testbed.train_proxy --config configs/shapes_proxy.py
+[--config.key=value ...]``.
 
 Trains the shapes testbed's learned proxy reward (``slas_jax.testbed.proxy``) on a LIMITED labelled sample and
 writes it to ``output_dir`` (default ``checkpoints/shapes_proxy``). The sample, all on the TRAINING prompts:
@@ -12,17 +13,15 @@ Each image is paired three times: with its own prompt, with a near miss (the clo
 category in words: another count, colour or relation, or the objects swapped) and with a random prompt of its
 category. Near misses are the hard negatives that make the proxy read counts, colours and relations.
 
-Labels are the ground-truth PARTIAL score (``slas_jax.testbed.ground_truth``) of each (image, prompt) pair. The loss
-is the squared error of the score plus, weighted by ``rank_weight``, the squared error of the group-centred
-score of base samples with their own prompt: a group-relative advantage only sees how the proxy orders the
-samples of one prompt, and that ordering is what the proxy is worst at when it only learns absolute scores
-(docs/testbed.md).
-A random ``validation_fraction`` of the images (whole groups, with all their pairs) is held back; the metadata
-reports Pearson and Spearman correlations with the truth on it (overall, per source and within groups), and
-on an out-of-domain set built the same way on the HELD-OUT prompts. Everything is seeded by ``seed``: the
-same command on the same machine and software reproduces the parameters bit for bit (``params_sha256`` in
-the metadata).
-"""
+Labels are the ground-truth PARTIAL score (``slas_jax.testbed.ground_truth``) of each (image, prompt) pair.
+The loss is the squared error of the score plus, weighted by ``rank_weight``, the squared error of the
+group-centred score of base samples with their own prompt: a group-relative advantage only sees how the proxy
+orders the samples of one prompt, and that ordering is what the proxy is worst at when it only learns absolute
+scores (docs/testbed.md). A random ``validation_fraction`` of the images (whole groups, with all their pairs)
+is held back; the metadata reports Pearson and Spearman correlations with the truth on it (overall, per source
+and within groups), and on an out-of-domain set built the same way on the HELD-OUT prompts. Everything is
+seeded by ``seed``: the same command on the same machine and software reproduces the parameters bit for bit
+(``params_sha256`` in the metadata). """
 
 from __future__ import annotations
 
