@@ -21,7 +21,8 @@ scores (docs/testbed.md). A random ``validation_fraction`` of the images (whole 
 is held back; the metadata reports Pearson and Spearman correlations with the truth on it (overall, per source
 and within groups), and on an out-of-domain set built the same way on the HELD-OUT prompts. Everything is
 seeded by ``seed``: the same command on the same machine and software reproduces the parameters bit for bit
-(``params_sha256`` in the metadata). """
+(``params_sha256`` in the metadata).
+"""
 
 from __future__ import annotations
 
