@@ -23,13 +23,19 @@ from flax import nnx
 
 from slas_jax.config import Config, ConfigError
 from slas_jax.grpo import Pipeline
-from slas_jax.models import clip, conversion, flux, vae
+from slas_jax.models import conversion, flux, vae
 from slas_jax.pipelines import PipelineBundle
+from slas_jax.pipelines.architectures import flux_config
+from slas_jax.pipelines.common import (
+    check_checkpoint_folder,
+    negative_tokens,
+    random_text_encoder,
+    to_unit_range,
+)
 from slas_jax.pipelines.components import load_components
-from slas_jax.pipelines.sd import check_checkpoint_folder, random_text_config
-from slas_jax.samplers import FlowSampler, shifted_sigmas
+from slas_jax.samplers import SAMPLERS, FlowSchedule, Sampler, shifted_sigmas
 from slas_jax.samplers.flow import dynamic_shift_mu
-from slas_jax.tokenizers import WordTokenizer, load_hf_tokenizer
+from slas_jax.tokenizers import load_hf_tokenizer
 
 REQUIRED_FILES = (
     "model_index.json",
@@ -65,11 +71,11 @@ _DYNAMIC_SCHEDULER: dict[str, tuple[Any, ...]] = {
 
 def flow_sampler(
     config: Config, image_seq_len: int, scheduler_config: dict[str, Any] | None = None
-) -> FlowSampler:
-    """A FlowSampler over ``config.sampler.num_steps`` sigmas: shifted by ``sampler.shift`` (SD3 / DanceGRPO),
-    or "dynamic": FluxPipeline's schedule for ``image_seq_len`` packed tokens (linear sigmas, exponential
-    shift by mu from the diffusers ``scheduler_config`` dict; None: FLUX.1-dev's values). A scheduler whose
-    schedule "dynamic" does not reproduce raises ConfigError."""
+) -> Sampler:
+    """The ``config.sampler.name`` sampler over ``config.sampler.num_steps`` sigmas: shifted by
+    ``sampler.shift`` (SD3 / DanceGRPO), or "dynamic": FluxPipeline's schedule for ``image_seq_len`` packed
+    tokens (linear sigmas, exponential shift by mu from the diffusers ``scheduler_config`` dict; None:
+    FLUX.1-dev's values). A scheduler whose schedule "dynamic" does not reproduce raises ConfigError."""
     sc = config.sampler
     if sc.schedule == "dynamic":
         s = scheduler_config or {}
@@ -84,12 +90,7 @@ def flow_sampler(
         sigmas = shifted_sigmas(sc.num_steps, mu=mu)
     else:
         sigmas = shifted_sigmas(sc.num_steps, sc.shift)
-    return FlowSampler(
-        sigmas=sigmas,
-        noise_level=sc.noise_level,
-        form="flow_grpo" if sc.name == "flow_sde" else "dance",
-        sde_window=sc.sde_window,
-    )
+    return SAMPLERS.get(sc.name)(FlowSchedule(sigmas=sigmas), sc)
 
 
 def _check_dynamic_scheduler(scheduler_config: dict[str, Any]) -> None:
@@ -150,7 +151,7 @@ def _assemble(
         images = (
             latents if vae_model is None else nnx.merge(vae_graph, frozen["vae"]).image_from_latents(latents)
         )
-        return jnp.clip((images.astype(jnp.float32) + 1.0) / 2.0, 0.0, 1.0)
+        return to_unit_range(images)
 
     sampler = flow_sampler(config, (side // 2) ** 2, scheduler_config)
     pipeline = Pipeline(
@@ -161,27 +162,13 @@ def _assemble(
 
 def random_flux_pipeline(config: Config, vocabulary: Sequence[str], max_length: int) -> PipelineBundle:
     """A randomly initialised pixel-space FLUX transformer + one CLIP text encoder from ``config.model``
-    (``architecture`` overrides FluxConfig fields, ``text_architecture`` CLIPTextConfig fields)."""
-    tokenizer = WordTokenizer(vocabulary, max_length)
-    dtype = jnp.dtype(config.model.dtype)
+    (``architecture`` sets FluxConfig fields, ``text_architecture`` CLIPTextConfig fields:
+    slas_jax.pipelines.architectures), with a word-level tokenizer over ``vocabulary``."""
     rngs = nnx.Rngs(config.model.seed)
-    text_config = random_text_config(config, tokenizer)
-    flux_config = flux.FluxConfig(
-        **{
-            "in_channels": 12,
-            "joint_attention_dim": text_config.hidden_size,
-            "pooled_projection_dim": text_config.hidden_size,
-            "dtype": dtype,
-            "remat": config.model.remat,
-            **config.model.architecture,
-        }
-    )
-    text_graph, text_params = nnx.split(clip.CLIPTextModel(text_config, rngs=rngs))
-    transformer = flux.FluxTransformer2DModel(flux_config, rngs=rngs)
-    frozen: dict[str, Any] = {
-        "text": text_params,
-        "uncond_tokens": jnp.asarray(tokenizer([config.sampler.negative_prompt])),
-    }
+    tokenizer, text_model = random_text_encoder(config, vocabulary, max_length, rngs)
+    transformer = flux.FluxTransformer2DModel(flux_config(config.model, text_model.config), rngs=rngs)
+    text_graph, text_params = nnx.split(text_model)
+    frozen: dict[str, Any] = {"text": text_params, "uncond_tokens": negative_tokens(tokenizer, config)}
 
     def encode(frozen, batch):
         text = nnx.merge(text_graph, frozen["text"])
@@ -217,7 +204,7 @@ def load_flux_pipeline(config: Config) -> PipelineBundle:
     frozen: dict[str, Any] = {
         "clip": clip_params,
         "t5": t5_params,
-        "uncond_tokens": jnp.asarray(tokenize([config.sampler.negative_prompt])),
+        "uncond_tokens": negative_tokens(tokenize, config),
     }
 
     def features(frozen, tokens):

@@ -1,4 +1,4 @@
-"""The Stable Diffusion 1.x / 2.x pipeline: CLIP text encoder -> UNet (DDIM with eta, CFG) -> VAE decode.
+"""The Stable Diffusion 1.x / 2.x pipeline: CLIP text encoder -> UNet (``sampler.name``, CFG) -> VAE decode.
 
 From a diffusers folder (``unet/``, ``text_encoder/``, ``tokenizer/``, ``vae/``, ``scheduler/``,
 ``model_index.json``) or one converted from it by ``python -m slas_jax.convert``, or, without a checkpoint,
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import jax.numpy as jnp
@@ -21,9 +20,22 @@ from slas_jax.grpo import Pipeline
 from slas_jax.models import clip, unet, vae
 from slas_jax.models.conversion import ConversionError
 from slas_jax.pipelines import PipelineBundle
+from slas_jax.pipelines.architectures import unet_config
+from slas_jax.pipelines.common import (
+    check_checkpoint_folder,
+    negative_tokens,
+    random_text_encoder,
+    to_unit_range,
+)
 from slas_jax.pipelines.components import load_components
-from slas_jax.samplers import DDIMSampler, ddim_timesteps, scaled_linear_alphas_cumprod
-from slas_jax.tokenizers import Tokenize, WordTokenizer, load_hf_tokenizer
+from slas_jax.samplers import (
+    SAMPLERS,
+    DiffusionSchedule,
+    Sampler,
+    ddim_timesteps,
+    scaled_linear_alphas_cumprod,
+)
+from slas_jax.tokenizers import Tokenize, load_hf_tokenizer
 
 REQUIRED_FILES = (
     "model_index.json",
@@ -39,20 +51,6 @@ PUBLISHED = (
 )
 
 
-def check_checkpoint_folder(folder: str | Path, required: Sequence[str], what: str, published: str) -> Path:
-    """The folder as a Path, or ConversionError naming the first missing file and where to get one."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ConversionError(
-            f"{what} checkpoint folder {folder} does not exist; expected a diffusers-format folder (or one "
-            f"converted from it by python -m slas_jax.convert) with {', '.join(required)} — {published}"
-        )
-    for name in required:
-        if not (folder / name).is_file():
-            raise ConversionError(f"{what} checkpoint folder {folder} lacks {name} — {published}")
-    return folder
-
-
 # scheduler_config.json settings that change the DDIM arithmetic, with the values implemented (the ones SD1.x /
 # SD2.x ship); anything else would silently sample a different chain, so it is refused.
 _SCHEDULER_SUPPORTED: dict[str, tuple[Any, ...]] = {
@@ -66,9 +64,9 @@ _SCHEDULER_SUPPORTED: dict[str, tuple[Any, ...]] = {
 }
 
 
-def scheduler_sampler(scheduler_config: dict[str, Any], config: Config) -> DDIMSampler:
-    """A DDIMSampler from a diffusers scheduler_config.json dict and the run's sampler settings; settings
-    this DDIM does not implement raise ConversionError."""
+def scheduler_sampler(scheduler_config: dict[str, Any], config: Config) -> Sampler:
+    """The ``config.sampler.name`` sampler over the noise schedule of a diffusers scheduler_config.json dict,
+    at ``config.sampler.num_steps`` steps; scheduler settings not implemented raise ConversionError."""
     for key, supported in _SCHEDULER_SUPPORTED.items():
         if key in scheduler_config and scheduler_config[key] not in supported:
             raise ConversionError(
@@ -85,15 +83,14 @@ def scheduler_sampler(scheduler_config: dict[str, Any], config: Config) -> DDIMS
     timesteps, prev = ddim_timesteps(
         config.sampler.num_steps, num_train, scheduler_config.get("steps_offset", 0)
     )
-    return DDIMSampler(
+    schedule = DiffusionSchedule(
         alphas_cumprod=alphas,
         timesteps=timesteps,
         prev_timesteps=prev,
-        eta=config.sampler.noise_level,
         final_alpha_cumprod=1.0 if scheduler_config.get("set_alpha_to_one", True) else float(alphas[0]),
         prediction_type=scheduler_config.get("prediction_type", "epsilon"),
-        sde_window=config.sampler.sde_window,
     )
+    return SAMPLERS.get(config.sampler.name)(schedule, config.sampler)
 
 
 def _assemble(
@@ -102,13 +99,13 @@ def _assemble(
     text_model: clip.CLIPTextModel,
     vae_model: vae.AutoencoderKL | None,
     tokenize: Tokenize,
-    sampler: DDIMSampler,
+    sampler: Sampler,
 ) -> PipelineBundle:
     unet_graph, unet_params = nnx.split(unet_model)
     text_graph, text_params = nnx.split(text_model)
     frozen: dict[str, Any] = {
         "text": text_params,
-        "uncond_tokens": jnp.asarray(tokenize([config.sampler.negative_prompt])),
+        "uncond_tokens": negative_tokens(tokenize, config),
     }
     resolution = config.model.resolution
     if vae_model is None:
@@ -130,7 +127,7 @@ def _assemble(
             images = latents
         else:
             images = nnx.merge(vae_graph, frozen["vae"]).image_from_latents(latents)
-        return jnp.clip((images.astype(jnp.float32) + 1.0) / 2.0, 0.0, 1.0)
+        return to_unit_range(images)
 
     pipeline = Pipeline(
         denoise=denoise, encode=encode, decode=decode, sampler=sampler, latent_shape=latent_shape
@@ -138,41 +135,16 @@ def _assemble(
     return PipelineBundle(pipeline=pipeline, params=unet_params, frozen=frozen, tokenize=tokenize)
 
 
-def random_text_config(config: Config, tokenizer: WordTokenizer) -> clip.CLIPTextConfig:
-    """The CLIP text encoder of a randomly initialised testbed model: sized by the word tokenizer, pooling at
-    its eos, ``config.model.text_architecture`` overriding the rest."""
-    return clip.CLIPTextConfig(
-        **{
-            "vocab_size": tokenizer.vocab_size,
-            "max_position_embeddings": tokenizer.max_length,
-            "eos_token_id": WordTokenizer.EOS,
-            "dtype": jnp.dtype(config.model.dtype),
-            **config.model.text_architecture,
-        }
-    )
-
-
 def random_sd_pipeline(config: Config, vocabulary: Sequence[str], max_length: int) -> PipelineBundle:
-    """A randomly initialised pixel-space UNet + CLIP text encoder from ``config.model`` (architecture fields
-    override the UNet / CLIP text configs), with a word-level tokenizer over ``vocabulary``."""
-    tokenizer = WordTokenizer(vocabulary, max_length)
-    dtype = jnp.dtype(config.model.dtype)
+    """A randomly initialised pixel-space UNet + CLIP text encoder from ``config.model`` (``architecture`` sets
+    UNetConfig fields, ``text_architecture`` CLIPTextConfig fields: slas_jax.pipelines.architectures), with a
+    word-level tokenizer over ``vocabulary``."""
     rngs = nnx.Rngs(config.model.seed)
-    text_config = random_text_config(config, tokenizer)
-    unet_config = unet.UNetConfig(
-        **{
-            "in_channels": 3,
-            "out_channels": 3,
-            "sample_size": config.model.resolution,
-            "cross_attention_dim": text_config.hidden_size,
-            "dtype": dtype,
-            "remat": config.model.remat,
-            **config.model.architecture,
-        }
+    tokenizer, text_model = random_text_encoder(config, vocabulary, max_length, rngs)
+    unet_model = unet.UNet2DConditionModel(unet_config(config.model, text_model.config), rngs=rngs)
+    sampler = scheduler_sampler(
+        {"steps_offset": 1, "prediction_type": unet_model.config.prediction_type}, config
     )
-    text_model = clip.CLIPTextModel(text_config, rngs=rngs)
-    unet_model = unet.UNet2DConditionModel(unet_config, rngs=rngs)
-    sampler = scheduler_sampler({"steps_offset": 1, "prediction_type": unet_config.prediction_type}, config)
     return _assemble(config, unet_model, text_model, None, tokenizer, sampler)
 
 

@@ -4,14 +4,32 @@ A sampler is addressed by step index (0 = noisiest) and exposes ``num_steps``, `
 denoiser is conditioned on) and ``step(pred, i, x, *, key=None, prev_sample=None) -> (x_next, log_prob,
 mean, std)``; log_prob is float32, averaged over non-batch dimensions. ``predict_x0(pred, i, x)`` is the
 model's clean-sample estimate (what DanceGRPO decodes after the last step).
+
+:data:`SAMPLERS` names the samplers ``config.sampler.name`` chooses from. Each entry builds one from its model
+family's schedule (:class:`DiffusionSchedule` for the UNet family, :class:`FlowSchedule` for FLUX), which the
+pipeline reads from the checkpoint's scheduler, and the run's :class:`~slas_jax.config.SamplerConfig`; a
+plugin (``slas_jax.registry``) registers more the same way.
 """
 
-from typing import Protocol
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import jax
 
-from slas_jax.samplers.ddim import DDIMSampler, ddim_step, ddim_timesteps, scaled_linear_alphas_cumprod
-from slas_jax.samplers.flow import FlowSampler, dance_flow_step, flow_sde_step, shifted_sigmas
+from slas_jax.registry import Registry
+from slas_jax.samplers.ddim import (
+    DDIMSampler,
+    DiffusionSchedule,
+    ddim_step,
+    ddim_timesteps,
+    scaled_linear_alphas_cumprod,
+)
+from slas_jax.samplers.flow import FlowSampler, FlowSchedule, dance_flow_step, flow_sde_step, shifted_sigmas
+
+if TYPE_CHECKING:
+    from slas_jax.config import SamplerConfig
 
 
 class Sampler(Protocol):
@@ -35,10 +53,50 @@ class Sampler(Protocol):
     ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]: ...
 
 
+SamplerBuilder = Callable[[Any, "SamplerConfig"], Sampler]
+"""(the model family's schedule, the run's sampler settings) -> Sampler."""
+
+SAMPLERS: Registry[SamplerBuilder] = Registry("sampler", "sampler.name")
+
+
+@SAMPLERS.register("ddim")
+def build_ddim(schedule: DiffusionSchedule, config: SamplerConfig) -> DDIMSampler:
+    """DDIM with eta = ``config.noise_level`` over a UNet's schedule (DDPO, DanceGRPO SD)."""
+    return DDIMSampler(
+        alphas_cumprod=schedule.alphas_cumprod,
+        timesteps=schedule.timesteps,
+        prev_timesteps=schedule.prev_timesteps,
+        eta=config.noise_level,
+        final_alpha_cumprod=schedule.final_alpha_cumprod,
+        prediction_type=schedule.prediction_type,
+        sde_window=config.sde_window,
+    )
+
+
+@SAMPLERS.register("flow_sde")
+def build_flow_sde(schedule: FlowSchedule, config: SamplerConfig) -> FlowSampler:
+    """Flow-GRPO's SDE with noise level a = ``config.noise_level`` over a flow model's sigmas."""
+    return FlowSampler(
+        sigmas=schedule.sigmas, noise_level=config.noise_level, form="flow_grpo", sde_window=config.sde_window
+    )
+
+
+@SAMPLERS.register("dance_flow")
+def build_dance_flow(schedule: FlowSchedule, config: SamplerConfig) -> FlowSampler:
+    """DanceGRPO's FLUX step with eta = ``config.noise_level`` over a flow model's sigmas."""
+    return FlowSampler(
+        sigmas=schedule.sigmas, noise_level=config.noise_level, form="dance", sde_window=config.sde_window
+    )
+
+
 __all__ = [
+    "SAMPLERS",
     "DDIMSampler",
+    "DiffusionSchedule",
     "FlowSampler",
+    "FlowSchedule",
     "Sampler",
+    "SamplerBuilder",
     "dance_flow_step",
     "ddim_step",
     "ddim_timesteps",

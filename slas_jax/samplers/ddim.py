@@ -91,6 +91,23 @@ def v_to_eps(v: jax.Array, t: jax.Array, x_t: jax.Array, alphas_cumprod: jax.Arr
 
 
 @dataclass(frozen=True, kw_only=True)
+class DiffusionSchedule:
+    """A diffusion model's noise schedule at the sampling steps, as its scheduler defines it: what a sampler of
+    the UNet family builds on (``slas_jax.samplers.SAMPLERS``).
+
+    alphas_cumprod: (num_train_timesteps,) float64; timesteps / prev_timesteps: (num_steps,) int32, noisiest
+    first (see ddim_timesteps; a negative prev_timestep means "final_alpha_cumprod"); prediction_type: what the
+    model outputs, "epsilon" or "v_prediction".
+    """
+
+    alphas_cumprod: np.ndarray
+    timesteps: np.ndarray
+    prev_timesteps: np.ndarray
+    final_alpha_cumprod: float = 1.0
+    prediction_type: str = "epsilon"
+
+
+@dataclass(frozen=True, kw_only=True)
 class DDIMSampler:
     """DDIM over a fixed step schedule, addressed by step index (0 = noisiest).
 

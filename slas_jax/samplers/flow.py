@@ -115,6 +115,14 @@ def dance_flow_step(
 
 
 @dataclass(frozen=True, kw_only=True)
+class FlowSchedule:
+    """A flow-matching model's sigmas at the sampling steps: what a sampler of the FLUX family builds on
+    (``slas_jax.samplers.SAMPLERS``). sigmas: (num_steps + 1,) float64 from 1 to 0 (see shifted_sigmas)."""
+
+    sigmas: np.ndarray
+
+
+@dataclass(frozen=True, kw_only=True)
 class FlowSampler:
     """A flow-matching SDE over a fixed sigma schedule, addressed by step index (0 = noisiest).
 
