@@ -73,7 +73,12 @@ class Command:
         usage = " ".join(
             [self.prog, *self.positionals, *(["--config", self.config_hint] if self.config_hint else [])]
         )
-        parts = [f"usage: {usage} [flags]", self.doc.strip(), "flags:", self._flag_values().get_help().strip()]
+        parts = [
+            f"usage: {usage} [flags]",
+            self.doc.strip(),
+            "flags:",
+            self._flag_values().get_help().strip(),
+        ]
         if self.config_help is not None:
             parts += [
                 "config fields (override any with --config.<section>.<field>=<value>):",
