@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from slas_jax.advantages import ADVANTAGE_METHODS
 from slas_jax.errors import ConfigError
+from slas_jax.samplers import SAMPLERS
 
 
 def require(ok: bool, name: str, message: str) -> None:
@@ -76,9 +77,9 @@ class ModelConfig:
 class SamplerConfig:
     """The stochastic sampler used for rollouts and for re-scoring transitions."""
 
-    name: Literal["ddim", "flow_sde", "dance_flow"] = "ddim"
-    """Registered sampler (``slas_jax.samplers.SAMPLERS``): "ddim" (eta; UNet), "flow_sde" (Flow-GRPO, noise
-    level a) or "dance_flow" (DanceGRPO FLUX, eta); the flow ones need family "flux"."""
+    name: str = "ddim"
+    """Registered sampler (``slas_jax.samplers.SAMPLERS``) of the model's family: "ddim" (eta; unet),
+    "flow_sde" (Flow-GRPO, noise level a; flux) or "dance_flow" (DanceGRPO FLUX, eta; flux)."""
     num_steps: int = 10
     """Denoising steps of a rollout (>= 2)."""
     noise_level: float = 1.0
@@ -389,13 +390,13 @@ class Config:
             "loss.exclude_last_steps",
             "must be >= 1 with sampler.decode='prediction': the last transition does not reach the image",
         )
-        flow_model = self.model.family == "flux"
-        flow_sampler = self.sampler.name in ("flow_sde", "dance_flow")
+        sampler_family = SAMPLERS.get(self.sampler.name).family
+        fitting = [name for name in SAMPLERS.names() if SAMPLERS.get(name).family == self.model.family]
         require(
-            flow_model == flow_sampler,
+            sampler_family == self.model.family,
             "sampler.name",
-            f"{self.sampler.name!r} does not fit model.family={self.model.family!r}; use ddim with unet, "
-            "flow_sde or dance_flow with flux",
+            f"{self.sampler.name!r} samples family {sampler_family!r} and does not fit "
+            f"model.family={self.model.family!r}; use one of {', '.join(fitting)}",
         )
 
 

@@ -1,10 +1,21 @@
-"""One GRPO training step, end to end and jitted: rollout -> reward -> advantages -> clipped loss -> update.
+"""One GRPO training step, end to end and jitted, as five stages that read top to bottom:
 
-The step is a pure function of a :class:`TrainState`, a prompt batch and a PRNG key. It is compiled with
-explicit in/out shardings over a (data, fsdp, tensor) mesh and donates the state. Inside, the
-``prompts x group`` samples are split into optimizer updates of ``micro_batch_size x grad_accum_steps``
-samples; gradients are accumulated over the micro-batches and over each sample's trained timesteps, one
-timestep at a time (the memory profile DanceGRPO uses for large backbones), then clipped by global norm.
+1. :func:`rollout` samples a group of trajectories per prompt with the current policy and decodes them;
+2. :func:`score` rewards every image and turns the rewards into group-relative advantages;
+3. :func:`pack_transitions` draws each sample's trained timesteps and lays the transitions out as
+   (updates, accum, k, micro, ...): scan axes first, the sharded sample axis last;
+4. :func:`update_policy` scans :func:`optimizer_update` over the updates; each accumulates the gradients of
+   its micro-batches and of each sample's trained timesteps one timestep at a time (the memory profile
+   DanceGRPO uses for large backbones) and applies ``tx`` (:func:`make_optimizer`);
+5. :func:`step_metrics` reduces the loss metrics, rewards and advantages to scalars.
+
+:func:`make_train_step` composes them into a pure function of a :class:`TrainState`, a prompt batch and a
+PRNG key; :func:`jit_train_step` compiles it as one function with explicit in/out shardings over a
+(data, fsdp, tensor) mesh and donates the state. :func:`make_generate` is the rollout stage alone.
+
+Shapes in the docstrings: P prompts per step, G samples per prompt (sample b from prompt b // G),
+B = P x G samples, T sampler steps, K trained timesteps per sample, and B = U x A x M: U optimizer updates
+per step, A micro-batches accumulated per update, M samples per micro-batch.
 """
 
 from __future__ import annotations
@@ -23,13 +34,15 @@ from jax.sharding import PartitionSpec as P
 
 from slas_jax import parallel, param_paths
 from slas_jax.advantages import compute_advantages_with_stats
-from slas_jax.config import Config
+from slas_jax.config import AdvantageConfig, Config, LossConfig
 from slas_jax.losses import Transitions, policy_loss, select_timesteps
 from slas_jax.rollout import Denoiser, Trajectory, repeat_per_sample, sample_trajectories
 from slas_jax.samplers import Sampler
 
 Batch = dict[str, jax.Array]
 RewardFn = Callable[[Any, jax.Array, Batch], jax.Array]
+LossFn = Callable[[Any, Any, Transitions, Any], tuple[jax.Array, dict[str, jax.Array]]]
+"""(params, ref_params, steps, uncond) -> (loss, metrics): :func:`policy_loss` with the run's settings bound."""
 
 
 @dataclass(frozen=True)
@@ -121,10 +134,232 @@ def final_latents(traj: Trajectory, decode: str) -> jax.Array:
     return traj.final_prediction if decode == "prediction" else traj.final
 
 
+def rollout(
+    pipeline: Pipeline,
+    params: Any,
+    frozen: Any,
+    batch: Batch,
+    key: jax.Array,
+    *,
+    group_size: int,
+    guidance_scale: float,
+    same_noise_in_group: bool,
+    decode: str,
+) -> tuple[Any, Any, Trajectory, jax.Array]:
+    """Stage 1: ``group_size`` (G) trajectories per prompt, and the images they decode to.
+
+    batch: prompt-level arrays with leading axis P. Returns cond (pytree, leading axis P) and uncond (leading
+    axis 1) from ``pipeline.encode``; the :class:`Trajectory`, batch-first over B = P x G samples (sample b
+    from prompt b // G): latents / next_latents (B, T, *latent), log_probs (B, T) float32; and images
+    (B, h, w, 3) float32 in [0, 1]. ``same_noise_in_group`` starts a prompt's G samples from one noise;
+    ``decode`` is as in :func:`final_latents`.
+    """
+    cond, uncond = pipeline.encode(frozen, batch)
+    traj = sample_trajectories(
+        pipeline.denoise,
+        params,
+        cond,
+        uncond,
+        key,
+        sampler=pipeline.sampler,
+        latent_shape=pipeline.latent_shape,
+        group_size=group_size,
+        guidance_scale=guidance_scale,
+        same_noise_in_group=same_noise_in_group,
+    )
+    images = pipeline.decode(frozen, final_latents(traj, decode))
+    return cond, uncond, traj, images
+
+
+def score(
+    reward_fn: RewardFn,
+    frozen: Any,
+    images: jax.Array,
+    batch: Batch,
+    *,
+    group_size: int,
+    advantage: AdvantageConfig,
+) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+    """Stage 2: rewards and group-relative advantages.
+
+    images: (B, h, w, 3) float32, sample b from prompt b // G; batch: prompt-level (leading axis P), repeated
+    so that each image is scored against its prompt. Returns rewards (B,) float32, advantages (P, G) float32
+    and the statistics they used (:func:`compute_advantages_with_stats`).
+    """
+    rewards = reward_fn(frozen, images, repeat_per_sample(batch, group_size)).astype(jnp.float32)
+    advantages, stats = compute_advantages_with_stats(
+        rewards.reshape(-1, group_size),
+        method=advantage.method,
+        gamma=advantage.gamma,
+        eps=advantage.eps,
+        adv_clip=advantage.adv_clip,
+        slas_normalize=advantage.slas_normalize,
+    )
+    return rewards, advantages, stats
+
+
 def _split_updates(x: jax.Array, updates: int, accum: int, micro: int) -> jax.Array:
     """(batch, k, ...) -> (updates, accum, k, micro, ...): scan axes first, the sharded sample axis last."""
     x = x.reshape(updates, accum, micro, *x.shape[1:])
     return jnp.swapaxes(x, 2, 3)
+
+
+def _shard_micro_axis(x: jax.Array, mesh: Mesh | None, micro: int) -> jax.Array:
+    """Spreads axis 3 of (updates, accum, k, micro, ...) over data x fsdp, so that every device re-scores
+    its own samples; a micro-batch that does not divide over those devices is left to the compiler."""
+    if mesh is None or micro % (mesh.shape["data"] * mesh.shape["fsdp"]):
+        return x
+    spec = P(None, None, None, parallel.BATCH_AXES, *([None] * (x.ndim - 4)))
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def pack_transitions(
+    traj: Trajectory,
+    advantages: jax.Array,
+    cond: Any,
+    key: jax.Array,
+    *,
+    num_steps: int,
+    loss: LossConfig,
+    group_size: int,
+    accum: int,
+    micro: int,
+    mesh: Mesh | None,
+) -> Transitions:
+    """Stage 3: the transitions the loss re-scores, laid out (U, A, K, M, ...) with U x A x M = B.
+
+    traj: the rollout's trajectories (B, T, ...); advantages: (P, G) float32; cond: prompt-level (leading
+    axis P). ``key`` draws each sample's K trained timesteps (:func:`select_timesteps`). latents /
+    next_latents (U, A, K, M, *latent), log_probs (U, A, K, M) float32 and step_index (U, A, K, M) int32 are
+    taken at those timesteps; each sample's advantage (U, A, K, M) float32 and its prompt's cond are
+    repeated over them.
+    """
+    num_samples = advantages.size
+    num_updates = num_samples // (micro * accum)
+    index = select_timesteps(
+        key,
+        num_samples,
+        num_steps,
+        fraction=loss.timestep_fraction,
+        exclude_first=loss.exclude_first_steps,
+        exclude_last=loss.exclude_last_steps,
+    )
+    k = index.shape[1]
+
+    def per_step(x: jax.Array) -> jax.Array:
+        picked = jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
+        return _shard_micro_axis(_split_updates(picked, num_updates, accum, micro), mesh, micro)
+
+    def per_sample(x: jax.Array) -> jax.Array:
+        tiled = jnp.broadcast_to(x[:, None], (x.shape[0], k, *x.shape[1:]))
+        return _shard_micro_axis(_split_updates(tiled, num_updates, accum, micro), mesh, micro)
+
+    return Transitions(
+        latents=per_step(traj.latents),
+        next_latents=per_step(traj.next_latents),
+        log_probs=per_step(traj.log_probs),
+        step_index=per_step(jnp.broadcast_to(jnp.arange(num_steps), traj.log_probs.shape)),
+        advantages=per_sample(advantages.reshape(num_samples)),
+        cond=jax.tree.map(per_sample, repeat_per_sample(cond, group_size)),
+    )
+
+
+def accumulate_gradients(
+    loss_fn: LossFn, params: Any, ref_params: Any, update_data: Transitions, uncond: Any, scale: float
+) -> tuple[Any, dict[str, jax.Array]]:
+    """The gradient of one optimizer update: the sum of ``scale`` x the gradient of ``loss_fn`` on each
+    (micro-batch, timestep) slice (M, ...) of ``update_data`` (A, K, M, ...), one slice at a time so that
+    only one slice's activations are alive. uncond: leading axis M. Returns grads (like params) and the loss
+    metrics, each (A, K).
+    """
+    loss_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def one_micro_batch(grads: Any, micro_data: Transitions) -> tuple[Any, dict[str, jax.Array]]:
+        def one_timestep(grads: Any, steps: Transitions) -> tuple[Any, dict[str, jax.Array]]:
+            (_, metrics), g = loss_and_grad(params, ref_params, steps, uncond)
+            return jax.tree.map(lambda a, b: a + scale * b, grads, g), metrics
+
+        return jax.lax.scan(one_timestep, grads, micro_data)
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    return jax.lax.scan(one_micro_batch, zeros, update_data)
+
+
+def optimizer_update(
+    loss_fn: LossFn,
+    tx: optax.GradientTransformation,
+    params: Any,
+    opt_state: Any,
+    ref_params: Any,
+    update_data: Transitions,
+    uncond: Any,
+    scale: float,
+) -> tuple[Any, Any, dict[str, jax.Array], jax.Array]:
+    """Stage 4, one optimizer update on ``update_data`` (A, K, M, ...): the accumulated gradients
+    (:func:`accumulate_gradients`) go through ``tx``. Returns the new params and opt_state, the loss metrics
+    (A, K) each and the gradients' global norm () float32, taken before ``tx`` clips them."""
+    grads, metrics = accumulate_gradients(loss_fn, params, ref_params, update_data, uncond, scale)
+    grad_norm = optax.tree.norm(grads)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, metrics, grad_norm
+
+
+def update_policy(
+    loss_fn: LossFn,
+    tx: optax.GradientTransformation,
+    params: Any,
+    opt_state: Any,
+    ref_params: Any,
+    data: Transitions,
+    uncond: Any,
+) -> tuple[Any, Any, dict[str, jax.Array], jax.Array]:
+    """Stage 4: the step's U optimizer updates, scanned over the leading axis of ``data`` (U, A, K, M, ...),
+    each starting from the parameters the previous one left. Each update averages its gradients over its
+    A x K (micro-batch, timestep) slices. uncond: leading axis 1. Returns the final params and opt_state, the
+    loss metrics (U, A, K) each and the grad norms (U,).
+    """
+    accum, k, micro = data.log_probs.shape[1:]
+    uncond_micro = jax.tree.map(lambda a: jnp.broadcast_to(a, (micro, *a.shape[1:])), uncond)
+    scale = 1.0 / (accum * k)
+
+    def one_update(carry: tuple[Any, Any], update_data: Transitions) -> tuple[tuple[Any, Any], Any]:
+        params, opt_state, metrics, grad_norm = optimizer_update(
+            loss_fn, tx, *carry, ref_params, update_data, uncond_micro, scale
+        )
+        return (params, opt_state), (metrics, grad_norm)
+
+    (params, opt_state), (metrics, grad_norms) = jax.lax.scan(one_update, (params, opt_state), data)
+    return params, opt_state, metrics, grad_norms
+
+
+def step_metrics(
+    loss_metrics: dict[str, jax.Array],
+    grad_norms: jax.Array,
+    rewards: jax.Array,
+    advantages: jax.Array,
+    advantage_stats: dict[str, jax.Array],
+    images: jax.Array | None = None,
+) -> dict[str, jax.Array]:
+    """Stage 5: the step's metrics, scalars.
+
+    loss_metrics: (U, A, K) each, averaged, except ``ratio_max_dev`` (the maximum) and ``first_ratio_max_dev``
+    / ``first_kl``, taken on the first slice, which no update of this step has seen yet (its ratio is 1);
+    grad_norms: (U,), averaged; rewards: (B,) float32; advantages: (P, G) float32. With ``images``
+    (B, h, w, 3), they are returned as ``samples/images`` beside ``samples/rewards`` (B,).
+    """
+    out = {name: jnp.mean(value) for name, value in loss_metrics.items()}
+    out["ratio_max_dev"] = jnp.max(loss_metrics["ratio_max_dev"])
+    out["first_ratio_max_dev"] = loss_metrics["ratio_max_dev"][0, 0, 0]
+    out["first_kl"] = loss_metrics["kl"][0, 0, 0]
+    out["grad_norm"] = jnp.mean(grad_norms)
+    out["reward_mean"] = jnp.mean(rewards)
+    out["reward_std"] = jnp.std(rewards)
+    out["advantage_abs_mean"] = jnp.mean(jnp.abs(advantages))
+    out["zero_std_fraction"] = advantage_stats["zero_std_fraction"]
+    if images is not None:
+        out["samples/images"] = images
+        out["samples/rewards"] = rewards
+    return out
 
 
 def make_train_step(
@@ -136,139 +371,76 @@ def make_train_step(
     *,
     return_samples: bool = False,
 ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
-    """The un-jitted step ``(state, batch, key) -> (state, metrics)``; see :func:`jit_train_step`.
+    """The un-jitted step ``(state, batch, key) -> (state, metrics)``, the five stages in order; see
+    :func:`jit_train_step`.
 
     batch: prompt-level arrays with leading axis prompts_per_step (tokens, reward metadata, ...).
     Metrics are scalars; with ``return_samples`` they also hold the rollout's ``samples/images``
     (prompts x group, h, w, 3) and ``samples/rewards`` (prompts x group,), sample b from prompt b // group,
     for host-side evaluation (e.g. a ground-truth scorer beside a learned training reward).
     """
-    tc, lc, sc, ac = config.train, config.loss, config.sampler, config.advantage
-    group, micro, accum = tc.group_size, tc.micro_batch_size, tc.grad_accum_steps
-    num_samples = tc.prompts_per_step * group
-    num_updates = num_samples // (micro * accum)
-    batch_devices = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
-
-    def constrain(x: jax.Array) -> jax.Array:
-        if mesh is None or micro % batch_devices:
-            return x
-        spec = P(None, None, None, parallel.BATCH_AXES, *([None] * (x.ndim - 4)))
-        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+    tc, lc, sc = config.train, config.loss, config.sampler
+    loss_fn = functools.partial(
+        policy_loss,
+        denoise=pipeline.denoise,
+        sampler=pipeline.sampler,
+        guidance_scale=sc.guidance_scale,
+        clip_range=lc.clip_range,
+        kl_beta=lc.kl_beta,
+    )
 
     def train_step(
         state: TrainState, batch: Batch, key: jax.Array
     ) -> tuple[TrainState, dict[str, jax.Array]]:
         rollout_key, steps_key = jax.random.split(key)
-        cond, uncond = pipeline.encode(state.frozen, batch)
-        traj = sample_trajectories(
-            pipeline.denoise,
+        # The rollout only supplies data: the gradient flows through the loss's re-scoring alone.
+        cond, uncond, traj, images = rollout(
+            pipeline,
             jax.lax.stop_gradient(state.params),
-            cond,
-            uncond,
+            state.frozen,
+            batch,
             rollout_key,
-            sampler=pipeline.sampler,
-            latent_shape=pipeline.latent_shape,
-            group_size=group,
+            group_size=tc.group_size,
             guidance_scale=sc.guidance_scale,
             same_noise_in_group=sc.same_noise_in_group,
+            decode=sc.decode,
         )
-        images = pipeline.decode(state.frozen, final_latents(traj, sc.decode))
-        rewards = reward_fn(state.frozen, images, repeat_per_sample(batch, group)).astype(jnp.float32)
-        adv, adv_stats = compute_advantages_with_stats(
-            rewards.reshape(tc.prompts_per_step, group),
-            method=ac.method,
-            gamma=ac.gamma,
-            eps=ac.eps,
-            adv_clip=ac.adv_clip,
-            slas_normalize=ac.slas_normalize,
+        rewards, advantages, advantage_stats = score(
+            reward_fn, state.frozen, images, batch, group_size=tc.group_size, advantage=config.advantage
         )
-        index = select_timesteps(
+        data = pack_transitions(
+            traj,
+            advantages,
+            cond,
             steps_key,
-            num_samples,
-            pipeline.sampler.num_steps,
-            fraction=lc.timestep_fraction,
-            exclude_first=lc.exclude_first_steps,
-            exclude_last=lc.exclude_last_steps,
+            num_steps=pipeline.sampler.num_steps,
+            loss=lc,
+            group_size=tc.group_size,
+            accum=tc.grad_accum_steps,
+            micro=tc.micro_batch_size,
+            mesh=mesh,
         )
-        k = index.shape[1]
-
-        def per_step(x: jax.Array) -> jax.Array:
-            picked = jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
-            return constrain(_split_updates(picked, num_updates, accum, micro))
-
-        def per_sample(x: jax.Array) -> jax.Array:
-            tiled = jnp.broadcast_to(x[:, None], (x.shape[0], k, *x.shape[1:]))
-            return constrain(_split_updates(tiled, num_updates, accum, micro))
-
-        data = Transitions(
-            latents=per_step(traj.latents),
-            next_latents=per_step(traj.next_latents),
-            log_probs=per_step(traj.log_probs),
-            step_index=per_step(
-                jnp.broadcast_to(jnp.arange(pipeline.sampler.num_steps), traj.log_probs.shape)
-            ),
-            advantages=per_sample(adv.reshape(num_samples)),
-            cond=jax.tree.map(per_sample, repeat_per_sample(cond, group)),
+        params, opt_state, loss_metrics, grad_norms = update_policy(
+            loss_fn, tx, state.params, state.opt_state, state.ref_params, data, uncond
         )
-        uncond_micro = jax.tree.map(lambda a: jnp.broadcast_to(a, (micro, *a.shape[1:])), uncond)
-        loss_and_grad = jax.value_and_grad(policy_loss, has_aux=True)
-        scale = 1.0 / (accum * k)
-
-        def one_update(carry, update_data):
-            params, opt_state = carry
-
-            def one_micro_batch(grads, micro_data):
-                def one_timestep(grads, steps):
-                    (_, metrics), g = loss_and_grad(
-                        params,
-                        state.ref_params,
-                        steps,
-                        uncond_micro,
-                        denoise=pipeline.denoise,
-                        sampler=pipeline.sampler,
-                        guidance_scale=sc.guidance_scale,
-                        clip_range=lc.clip_range,
-                        kl_beta=lc.kl_beta,
-                    )
-                    return jax.tree.map(lambda a, b: a + scale * b, grads, g), metrics
-
-                return jax.lax.scan(one_timestep, grads, micro_data)
-
-            zeros = jax.tree.map(jnp.zeros_like, params)
-            grads, metrics = jax.lax.scan(one_micro_batch, zeros, update_data)
-            grad_norm = optax.tree.norm(grads)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), (metrics, grad_norm)
-
-        (params, opt_state), (metrics, grad_norms) = jax.lax.scan(
-            one_update, (state.params, state.opt_state), data
+        metrics = step_metrics(
+            loss_metrics, grad_norms, rewards, advantages, advantage_stats, images if return_samples else None
         )
-        out = {name: jnp.mean(value) for name, value in metrics.items()}
-        out["ratio_max_dev"] = jnp.max(metrics["ratio_max_dev"])
-        out["first_ratio_max_dev"] = metrics["ratio_max_dev"][0, 0, 0]
-        out["first_kl"] = metrics["kl"][0, 0, 0]
-        out["grad_norm"] = jnp.mean(grad_norms)
-        out["reward_mean"] = jnp.mean(rewards)
-        out["reward_std"] = jnp.std(rewards)
-        out["advantage_abs_mean"] = jnp.mean(jnp.abs(adv))
-        out["zero_std_fraction"] = adv_stats["zero_std_fraction"]
-        if return_samples:
-            out["samples/images"] = images
-            out["samples/rewards"] = rewards
         new_state = state.replace(
             step=state.step + 1,
             params=params,
             opt_state=opt_state,
             data_index=state.data_index + tc.prompts_per_step,
         )
-        return new_state, out
+        return new_state, metrics
 
     return train_step
 
 
 def make_generate(pipeline: Pipeline, config: Config) -> Callable[..., jax.Array]:
     """A jitted sampler for evaluation: ``(params, frozen, batch, key) -> images`` of shape
-    (prompts x samples_per_prompt, h, w, 3) float32 in [0, 1], with the run's sampler, CFG and noise.
+    (prompts x samples_per_prompt, h, w, 3) float32 in [0, 1], the :func:`rollout` stage with the run's
+    sampler, CFG and decode, and independent noise for every sample.
 
     ``samples_per_prompt`` is static (a keyword of the returned function, default 1).
     """
@@ -277,20 +449,18 @@ def make_generate(pipeline: Pipeline, config: Config) -> Callable[..., jax.Array
     def generate(
         params: Any, frozen: Any, batch: Batch, key: jax.Array, samples_per_prompt: int = 1
     ) -> jax.Array:
-        cond, uncond = pipeline.encode(frozen, batch)
-        traj = sample_trajectories(
-            pipeline.denoise,
+        *_, images = rollout(
+            pipeline,
             params,
-            cond,
-            uncond,
+            frozen,
+            batch,
             key,
-            sampler=pipeline.sampler,
-            latent_shape=pipeline.latent_shape,
             group_size=samples_per_prompt,
             guidance_scale=sc.guidance_scale,
             same_noise_in_group=False,
+            decode=sc.decode,
         )
-        return pipeline.decode(frozen, final_latents(traj, sc.decode))
+        return images
 
     return jax.jit(generate, static_argnames="samples_per_prompt")
 

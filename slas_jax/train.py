@@ -67,6 +67,7 @@ def run(config: Config) -> list[dict[str, float]]:
     except ValueError as e:
         raise ConfigError(f"config.mesh: {e}") from e
     prompts = build_prompt_source(config.data)
+    bundle = build_pipeline(config, prompts.vocabulary)
     reward = build_reward(config.reward.name, config.reward.options)
     check_reads(
         reward.reads,
@@ -75,7 +76,6 @@ def run(config: Config) -> list[dict[str, float]]:
         f"prompt source {config.data.name!r}",
         "data.name",
     )
-    bundle = build_pipeline(config, prompts.vocabulary)
     frozen = {**bundle.frozen, "reward": reward.params}
     tx = grpo.make_optimizer(config)
     state = grpo.init_train_state(bundle.params, frozen, tx, config)

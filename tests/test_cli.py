@@ -36,7 +36,10 @@ BAD_TRAIN_OVERRIDES = [
     ),
     ((UNET, "--config.model.init_checkpoint=/nowhere"), "/nowhere"),
     # sampler
-    ((UNET, "--config.sampler.name=euler"), "config.sampler.name: must be one of"),
+    (
+        (UNET, "--config.sampler.name=euler"),
+        "config.sampler.name: unknown sampler 'euler'; choose one of dance_flow, ddim, flow_sde",
+    ),
     ((UNET, "--config.sampler.num_steps=1"), "config.sampler.num_steps: must be >= 2"),
     ((UNET, "--config.sampler.noise_level=0"), "config.sampler.noise_level: must be > 0"),
     ((UNET, "--config.sampler.guidance_scale=0.5"), "config.sampler.guidance_scale: must be >= 1"),

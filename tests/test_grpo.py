@@ -106,3 +106,95 @@ def test_generate_is_deterministic_per_key_and_distinct_across_samples():
     assert a.shape == (6, 8, 8, 3) and float(a.min()) >= 0.0 and float(a.max()) <= 1.0
     np.testing.assert_array_equal(a, b)
     assert float(jnp.abs(a[0] - a[1]).max()) > 1e-3
+
+
+def test_generate_is_the_rollout_stage_and_score_groups_by_prompt():
+    from engine_harness import PIPELINE, brightness
+
+    import slas_jax.grpo as grpo
+    from slas_jax.config import load_config
+
+    config = load_config({})
+    batch, key = {"onehot": jnp.eye(4)[:3]}, jax.random.PRNGKey(5)
+
+    def stage(params, batch, key):
+        return grpo.rollout(
+            PIPELINE,
+            params,
+            {},
+            batch,
+            key,
+            group_size=2,
+            guidance_scale=config.sampler.guidance_scale,
+            same_noise_in_group=False,
+            decode=config.sampler.decode,
+        )
+
+    cond, uncond, traj, images = jax.eval_shape(stage, PARAMS, batch, key)
+    assert cond.shape == (3, 4) and uncond.shape == (1, 4)
+    assert traj.latents.shape == (6, PIPELINE.sampler.num_steps, 8, 8, 3)
+    assert traj.log_probs.shape == (6, PIPELINE.sampler.num_steps) and traj.log_probs.dtype == jnp.float32
+    assert images.shape == (6, 8, 8, 3) and images.dtype == jnp.float32
+    # Only the images are returned: a program that also returns the trajectory compiles to other fusions,
+    # whose float32 rounding differs in the last bits.
+    images = jax.jit(lambda *args: stage(*args)[3])(PARAMS, batch, key)
+    generated = grpo.make_generate(PIPELINE, config)(PARAMS, {}, batch, key, samples_per_prompt=2)
+    np.testing.assert_array_equal(generated, images)
+
+    rewards, advantages, stats = grpo.score(
+        brightness, {}, images, batch, group_size=2, advantage=config.advantage
+    )
+    assert rewards.shape == (6,) and rewards.dtype == jnp.float32
+    assert advantages.shape == (3, 2) and advantages.dtype == jnp.float32
+    assert float(stats["zero_std_fraction"]) == 0.0
+    np.testing.assert_allclose(rewards, images.mean(axis=(1, 2, 3)), rtol=1e-6)
+
+
+def test_pack_transitions_puts_sample_b_at_update_accum_micro_with_its_own_timesteps():
+    """Sample b = (u * accum + a) * micro + m lands at [u, a, :, m], with its trained steps, its advantage and
+    its prompt's cond."""
+    import slas_jax.grpo as grpo
+    from slas_jax.config import LossConfig
+    from slas_jax.rollout import Trajectory
+
+    prompts, group, steps, accum, micro = 2, 4, 6, 2, 2
+    samples = prompts * group
+    code = jnp.arange(samples)[:, None] * 100.0 + jnp.arange(steps)
+    traj = Trajectory(
+        latents=code[..., None],
+        next_latents=code[..., None] + 0.5,
+        log_probs=code,
+        final=jnp.zeros((samples, 1)),
+        final_prediction=jnp.zeros((samples, 1)),
+    )
+    loss = LossConfig(timestep_fraction=0.5, exclude_first_steps=1, exclude_last_steps=1)
+    data = grpo.pack_transitions(
+        traj,
+        jnp.arange(samples, dtype=jnp.float32).reshape(prompts, group),
+        jnp.arange(prompts, dtype=jnp.float32)[:, None],
+        jax.random.PRNGKey(0),
+        num_steps=steps,
+        loss=loss,
+        group_size=group,
+        accum=accum,
+        micro=micro,
+        mesh=None,
+    )
+    updates, k = samples // (accum * micro), 2
+    assert data.latents.shape == (updates, accum, k, micro, 1)
+    assert (
+        data.log_probs.shape == data.advantages.shape == data.step_index.shape == (updates, accum, k, micro)
+    )
+    assert data.log_probs.dtype == data.advantages.dtype == jnp.float32 and data.step_index.dtype == jnp.int32
+    b = (
+        np.arange(updates)[:, None, None, None] * accum + np.arange(accum)[:, None, None]
+    ) * micro + np.arange(micro)
+    b = np.broadcast_to(b, data.log_probs.shape)
+    np.testing.assert_array_equal(data.advantages, b)
+    np.testing.assert_array_equal(data.log_probs, b * 100.0 + data.step_index)
+    np.testing.assert_array_equal(data.latents[..., 0], data.log_probs)
+    np.testing.assert_array_equal(data.next_latents[..., 0], data.log_probs + 0.5)
+    np.testing.assert_array_equal(data.cond[..., 0], b // group)
+    step_index = np.asarray(data.step_index)
+    assert step_index.min() >= 1 and step_index.max() <= steps - 2
+    assert (step_index[:, :, 0] != step_index[:, :, 1]).all(), "a sample's k trained steps are distinct"

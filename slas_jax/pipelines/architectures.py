@@ -103,8 +103,8 @@ def check_architecture(
 ) -> None:
     """ConfigError("config.<where>.architecture.<field>: ...", or ``text_architecture``) for the first field
     that is unknown, set by the pipeline, of the wrong type, or impossible for the model classes: non-positive
-    sizes, widths and counts, group-norm groups that do not divide a block's channels, head counts that do not
-    divide a width, rotary dimensions that do not split the head dimension, block lists of different lengths."""
+    sizes, widths and counts, group-norm groups that do not divide a block's channels, more UNet heads than a
+    block's channels, text-encoder heads that do not divide its width, rotary dimensions that do not split the head dimension, block lists of different lengths."""
     backbone = unet.UNetConfig if family == "unet" else flux.FluxConfig
     fields = _effective_fields(backbone, architecture, SET_BY_PIPELINE[family], f"{where}.architecture")
     (_check_unet if family == "unet" else _check_flux)(fields, f"{where}.architecture")
@@ -236,11 +236,13 @@ def _check_unet(fields: Mapping[str, Any], where: str) -> None:
     )
     for i in sorted(attended):
         heads = per_block["num_attention_heads"][i]
+        # As in diffusers, each head attends over channels // heads features (heads that do not divide the
+        # channels leave an inner width below them), so only more heads than channels is impossible.
         require(
-            channels[i] % heads == 0,
+            heads <= channels[i],
             f"{where}.num_attention_heads",
-            f"{heads} heads do not divide block {i}'s {channels[i]} channels (block_out_channels {channels}); "
-            "each head attends over channels // heads of them",
+            f"{heads} heads exceed block {i}'s {channels[i]} channels (block_out_channels {channels}); "
+            "each head attends over channels // heads >= 1 of them",
         )
     for key in ("conv_in_kernel", "conv_out_kernel"):
         require(

@@ -90,7 +90,7 @@ def flow_sampler(
         sigmas = shifted_sigmas(sc.num_steps, mu=mu)
     else:
         sigmas = shifted_sigmas(sc.num_steps, sc.shift)
-    return SAMPLERS.get(sc.name)(FlowSchedule(sigmas=sigmas), sc)
+    return SAMPLERS.get(sc.name).build(FlowSchedule(sigmas=sigmas), sc)
 
 
 def _check_dynamic_scheduler(scheduler_config: dict[str, Any]) -> None:

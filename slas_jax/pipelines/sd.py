@@ -90,7 +90,7 @@ def scheduler_sampler(scheduler_config: dict[str, Any], config: Config) -> Sampl
         final_alpha_cumprod=1.0 if scheduler_config.get("set_alpha_to_one", True) else float(alphas[0]),
         prediction_type=scheduler_config.get("prediction_type", "epsilon"),
     )
-    return SAMPLERS.get(config.sampler.name)(schedule, config.sampler)
+    return SAMPLERS.get(config.sampler.name).build(schedule, config.sampler)
 
 
 def _assemble(

@@ -5,16 +5,18 @@ denoiser is conditioned on) and ``step(pred, i, x, *, key=None, prev_sample=None
 mean, std)``; log_prob is float32, averaged over non-batch dimensions. ``predict_x0(pred, i, x)`` is the
 model's clean-sample estimate (what DanceGRPO decodes after the last step).
 
-:data:`SAMPLERS` names the samplers ``config.sampler.name`` chooses from. Each entry builds one from its model
-family's schedule (:class:`DiffusionSchedule` for the UNet family, :class:`FlowSchedule` for FLUX), which the
-pipeline reads from the checkpoint's scheduler, and the run's :class:`~slas_jax.config.SamplerConfig`; a
-plugin (``slas_jax.registry``) registers more the same way.
+:data:`SAMPLERS` names the samplers ``config.sampler.name`` chooses from. Each entry states the model family it
+samples for and builds the sampler from that family's schedule (:class:`DiffusionSchedule` for "unet",
+:class:`FlowSchedule` for "flux"), which the pipeline reads from the checkpoint's scheduler, and the run's
+:class:`~slas_jax.config.SamplerConfig`; a plugin (``slas_jax.registry``) registers more with
+:func:`register_sampler`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import jax
 
@@ -56,10 +58,31 @@ class Sampler(Protocol):
 SamplerBuilder = Callable[[Any, "SamplerConfig"], Sampler]
 """(the model family's schedule, the run's sampler settings) -> Sampler."""
 
-SAMPLERS: Registry[SamplerBuilder] = Registry("sampler", "sampler.name")
+
+@dataclass(frozen=True)
+class SamplerEntry:
+    """A registered sampler: the model family whose schedule it takes, and its builder."""
+
+    family: Literal["unet", "flux"]
+    build: SamplerBuilder
 
 
-@SAMPLERS.register("ddim")
+SAMPLERS: Registry[SamplerEntry] = Registry("sampler", "sampler.name")
+
+
+def register_sampler(
+    name: str, family: Literal["unet", "flux"]
+) -> Callable[[SamplerBuilder], SamplerBuilder]:
+    """Decorator registering a builder under ``name`` for ``family``'s schedule; returns the builder."""
+
+    def add(build: SamplerBuilder) -> SamplerBuilder:
+        SAMPLERS.register(name)(SamplerEntry(family, build))
+        return build
+
+    return add
+
+
+@register_sampler("ddim", "unet")
 def build_ddim(schedule: DiffusionSchedule, config: SamplerConfig) -> DDIMSampler:
     """DDIM with eta = ``config.noise_level`` over a UNet's schedule (DDPO, DanceGRPO SD)."""
     return DDIMSampler(
@@ -73,7 +96,7 @@ def build_ddim(schedule: DiffusionSchedule, config: SamplerConfig) -> DDIMSample
     )
 
 
-@SAMPLERS.register("flow_sde")
+@register_sampler("flow_sde", "flux")
 def build_flow_sde(schedule: FlowSchedule, config: SamplerConfig) -> FlowSampler:
     """Flow-GRPO's SDE with noise level a = ``config.noise_level`` over a flow model's sigmas."""
     return FlowSampler(
@@ -81,7 +104,7 @@ def build_flow_sde(schedule: FlowSchedule, config: SamplerConfig) -> FlowSampler
     )
 
 
-@SAMPLERS.register("dance_flow")
+@register_sampler("dance_flow", "flux")
 def build_dance_flow(schedule: FlowSchedule, config: SamplerConfig) -> FlowSampler:
     """DanceGRPO's FLUX step with eta = ``config.noise_level`` over a flow model's sigmas."""
     return FlowSampler(
@@ -97,10 +120,12 @@ __all__ = [
     "FlowSchedule",
     "Sampler",
     "SamplerBuilder",
+    "SamplerEntry",
     "dance_flow_step",
     "ddim_step",
     "ddim_timesteps",
     "flow_sde_step",
+    "register_sampler",
     "scaled_linear_alphas_cumprod",
     "shifted_sigmas",
 ]
