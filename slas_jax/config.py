@@ -32,33 +32,31 @@ def require(ok: bool, name: str, message: str) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-    """The trainable backbone and its frozen companions.
-
-    family: "unet" (eps / v prediction, DDIM) or "flux" (velocity, flow SDE); checkpoint: a diffusers-format
-    folder, or None for a randomly initialised model in pixel space (no VAE) built from ``architecture``
-    (backbone config fields) and ``text_architecture`` (text encoder config fields), both checked against the
-    model classes by ``slas_jax.pipelines.architectures``; resolution: image side
-    in pixels; dtype: compute dtype, parameters stay float32; remat: gradient checkpointing per block;
-    seed: initialisation of a random model; init_checkpoint: a project checkpoint (``python -m
-    slas_jax.testbed.pretrain``) whose backbone and text encoder weights replace the random ones.
-    """
+    """The trainable backbone and its frozen companions."""
 
     family: Literal["unet", "flux"] = "unet"
+    """"unet" (eps / v prediction, DDIM) or "flux" (velocity, flow SDE)."""
     checkpoint: str | None = None
+    """A diffusers-format folder (or one converted by ``python -m slas_jax.convert``), or None for a randomly
+    initialised model in pixel space (no VAE) built from ``architecture`` and ``text_architecture``."""
     architecture: Mapping[str, Any] = field(default_factory=dict)
+    """Backbone config fields of a random model (UNetConfig or FluxConfig), checked against the model classes
+    by ``slas_jax.pipelines.architectures``."""
     text_architecture: Mapping[str, Any] = field(default_factory=dict)
+    """CLIPTextConfig fields of a random model's text encoder, checked the same way."""
     resolution: int = 16
+    """Image side in pixels, >= 8."""
     dtype: Literal["float32", "bfloat16"] = "float32"
+    """Compute dtype; parameters stay float32."""
     remat: bool = False
+    """Gradient checkpointing per block."""
     seed: int = 0
+    """Initialisation of a random model."""
     init_checkpoint: str | None = None
+    """A weights folder (``slas_jax.weights``: a testbed base model or an exported policy) whose backbone, and
+    text encoder when it holds one, replace the random or ``checkpoint`` ones."""
 
     def validate(self, name: str) -> None:
-        require(
-            not (self.checkpoint and self.init_checkpoint),
-            f"{name}.init_checkpoint",
-            "applies to randomly initialised models only; unset it or model.checkpoint",
-        )
         require(self.resolution >= 8, f"{name}.resolution", f"must be >= 8, got {self.resolution}")
         for mapping in ("architecture", "text_architecture"):
             require(

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from cli_runner import one_line_error, run_module
+from engine_harness import flat
 from jax.experimental.compilation_cache import compilation_cache as jax_compilation_cache
 from tiny_checkpoints import save_tiny_clip_model, save_tiny_sd
 
@@ -26,10 +27,11 @@ from slas_jax.checkpoint import Checkpointer
 from slas_jax.config import load_config
 from slas_jax.convert import convert_pipeline
 from slas_jax.models.conversion import ConversionError
-from slas_jax.pipelines import PipelineBundle
+from slas_jax.pipelines import PipelineBundle, build_pipeline
 from slas_jax.pipelines.sd import load_sd_pipeline, scheduler_sampler
 from slas_jax.rollout import guided_prediction
 from slas_jax.train import run
+from slas_jax.weights import export_policy, load_policy, stored_groups
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["a red cat on the mat", "a dog in the fog"]
@@ -305,6 +307,22 @@ def test_sd_recipe_without_weights_fails_with_one_line(tmp_path):
     assert "unet/config.json" in line and "tokenizer/tokenizer_config.json" in line, line
     assert "CompVis/stable-diffusion-v1-4" in line, line
     assert "Traceback" not in out.stderr
+
+
+def test_an_exported_policy_of_a_checkpoint_model_loads_back_over_its_checkpoint(converted, tmp_path):
+    """export_policy stores the trained UNet alone; load_policy rebuilds the model from the checkpoint folder
+    the policy records, with that UNet in place of the checkpoint's and the checkpoint's own text encoder."""
+    config = load_config(sd_config(converted))
+    base = build_pipeline(config)
+    trained = jax.tree.map(lambda x: x + 0.01, base.params)
+    export_policy(tmp_path / "policy", config, trained, base.frozen, {"step": 7})
+    assert stored_groups(tmp_path / "policy") == {"backbone"}
+    loaded_config, loaded = load_policy(tmp_path / "policy")
+    assert loaded_config.model.checkpoint == str(converted)
+    assert loaded_config.model.init_checkpoint == str(tmp_path / "policy")
+    assert loaded_config.sampler == config.sampler
+    np.testing.assert_array_equal(flat(loaded.params), flat(trained))
+    np.testing.assert_array_equal(flat(loaded.frozen["text"]), flat(base.frozen["text"]))
 
 
 def test_converted_folder_loads_and_generates_without_torch(converted):
