@@ -69,5 +69,7 @@ def test_bad_files_fail_with_one_line(tmp_path, data_dir):
     edited.write_text("one\nthree\n")
     with pytest.raises(ConfigError, match="built from other prompts; delete that folder"):
         source(edited, data_dir)
-    with pytest.raises(ConfigError, match="unexpected keyword argument 'prompts'"):
+    with pytest.raises(
+        ConfigError, match=r"config\.data\.options\.prompts: unknown option; valid options here are path"
+    ):
         build_prompt_source(DataConfig(name="text_file", options={"prompts": "x"}))
