@@ -22,10 +22,10 @@ inside the jitted step, and the scores of the images themselves are what this re
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +33,7 @@ import numpy as np
 from flax import nnx
 
 from slas_jax.config import ConfigError
+from slas_jax.models import conversion
 from slas_jax.models.conversion import ConversionError
 from slas_jax.models.open_clip import make_clip_model
 from slas_jax.models.open_clip_tokenizer import OpenCLIPTokenizer
@@ -125,7 +126,7 @@ def check_hps_folder(checkpoint: str | Path | None) -> Path:
             f"HPS-v2.1 folder {folder} lacks {', '.join(missing)}; re-run python -m slas_jax.convert on the "
             f"source folder — {HPS_PUBLISHED}"
         )
-    marker = json.loads((folder / MARKER).read_text())
+    marker = conversion.read_config(folder, MARKER)
     if marker.get("reward") != KIND or marker.get("format_version") != FORMAT_VERSION:
         raise ConversionError(
             f"{folder / MARKER} is not an {KIND} conversion of format {FORMAT_VERSION} (it reads "
@@ -135,15 +136,11 @@ def check_hps_folder(checkpoint: str | Path | None) -> Path:
     return folder
 
 
-def read_model_config(folder: Path) -> dict:
+def read_model_config(folder: Path) -> dict[str, Any]:
     """The ``model_cfg`` of ``folder``/open_clip_config.json (open_clip's hub layout)."""
-    path = folder / CONFIG_FILE
-    try:
-        model_cfg = json.loads(path.read_text()).get("model_cfg")
-    except (ValueError, AttributeError) as e:
-        raise ConversionError(f"{path}: not an open_clip config ({e}); re-download it") from e
+    model_cfg = conversion.read_config(folder, CONFIG_FILE).get("model_cfg")
     if not isinstance(model_cfg, dict):
-        raise ConversionError(f"{path} has no model_cfg object; re-download it")
+        raise ConversionError(f"{folder / CONFIG_FILE} has no model_cfg object; re-download it")
     return model_cfg
 
 

@@ -7,13 +7,16 @@ The references come from ``build/hps_reference`` (open_clip_torch 3.3.0, hpsv2 1
 0.28.0, installed there without their dependencies, see .ci/run): torchvision's only wheel reachable here is
 the CUDA build, whose C++ ops cannot load against the CPU torch, and which would break transformers' image
 processors if installed for the whole suite; its Python transforms, all the references use, need no ops.
-hpsv2's package ``__init__`` needs clint and its tokenizer module a vocabulary file its wheel lacks, so the
-test imports hpsv2's ``transform`` module alone and tokenises with open_clip's tokenizer (the same code).
+hpsv2's package ``__init__`` needs clint and its download code, so the test imports hpsv2's scoring modules
+(``transform``, ``tokenizer``, ``model``) without it; its wheel lacks the tokenizer's vocabulary file, which
+is open_clip's byte for byte (checked), so the fixture copies it there.
 """
 
+import hashlib
 import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -46,6 +49,8 @@ INSTALL = (
     "python -m pip install --no-deps --target build/hps_reference torchvision==0.28.0 open_clip_torch==3.3.0 "
     "hpsv2==1.2.0"
 )
+# sha256 of OpenAI's BPE vocabulary, in open_clip's package and in HPSv2's repository alike.
+HPS_VOCABULARY_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
 IMAGE_SIZE = 24
 MODEL_CFG = {
     "embed_dim": 16,
@@ -63,11 +68,17 @@ IMAGE_SHAPES = [(48, 48), (40, 56), (56, 41), (16, 20), (24, 24)]
 
 
 @pytest.fixture(scope="module")
-def refs():
-    """(open_clip, hpsv2's transform module), imported from build/hps_reference; afterwards that folder and
-    torchvision leave sys.path / sys.modules again, so the rest of the suite does not see torchvision."""
+def refs() -> types.SimpleNamespace:
+    """open_clip and hpsv2's transform / tokenizer / model modules, imported from build/hps_reference;
+    afterwards that folder and torchvision leave sys.path / sys.modules again, so that the rest of the suite
+    does not see torchvision."""
     if not (REFERENCE_LIBS / "open_clip").is_dir():
         pytest.fail(f"the HPS reference libraries are missing; install them with: {INSTALL}")
+    vocabulary = "open_clip/bpe_simple_vocab_16e6.txt.gz"
+    hps_vocabulary = REFERENCE_LIBS / "hpsv2/src" / vocabulary
+    if not hps_vocabulary.is_file():
+        shutil.copyfile(REFERENCE_LIBS / vocabulary, hps_vocabulary)
+    assert hashlib.sha256(hps_vocabulary.read_bytes()).hexdigest() == HPS_VOCABULARY_SHA256
     sys.path.insert(0, str(REFERENCE_LIBS))
     # torchvision registers fake kernels for these two ops of its C++ extension, which cannot load here.
     for op in ("nms", "qnms"):
@@ -82,8 +93,11 @@ def refs():
             package = types.ModuleType(name)
             package.__path__ = [str(REFERENCE_LIBS / name.replace(".", "/"))]
             sys.modules.setdefault(name, package)
-        transform = importlib.import_module("hpsv2.src.open_clip.transform")
-        yield open_clip, transform
+        hps = {
+            m: importlib.import_module(f"hpsv2.src.open_clip.{m}")
+            for m in ("transform", "tokenizer", "model")
+        }
+        yield types.SimpleNamespace(open_clip=open_clip, **hps)
     finally:
         sys.path.remove(str(REFERENCE_LIBS))
         for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
@@ -118,21 +132,20 @@ def write_source(folder: Path, open_clip, base: torch.nn.Module, hps: dict, base
 
 @pytest.fixture(scope="module")
 def models(refs):
-    """(base, hps): tiny open_clip CLIPs, the HPS one a differently perturbed copy (its weights must win)."""
-    open_clip, _ = refs
+    """(base, hps): tiny CLIPs of open_clip (the base, as laion publishes it) and of hpsv2's open_clip (the
+    HPS model that scores), perturbed differently: the HPS weights must win."""
     torch.manual_seed(0)
-    base = perturbed(open_clip.CLIP(**MODEL_CFG, output_dict=True), 0.05)
-    hps = perturbed(open_clip.CLIP(**MODEL_CFG, output_dict=True), 0.05)
+    base = perturbed(refs.open_clip.CLIP(**MODEL_CFG, output_dict=True), 0.05)
+    hps = perturbed(refs.model.CLIP(**MODEL_CFG, output_dict=True), 0.05)
     return base, hps
 
 
 @pytest.fixture(scope="module")
 def converted(refs, models, tmp_path_factory) -> Path:
     """The safetensors-based source folder converted by ``python -m slas_jax.convert``."""
-    open_clip, _ = refs
     base, hps = models
     root = tmp_path_factory.mktemp("hps")
-    source = write_source(root / "src", open_clip, base, hps.state_dict(), "safetensors")
+    source = write_source(root / "src", refs.open_clip, base, hps.state_dict(), "safetensors")
     result = run_module("slas_jax.convert", source, root / "out", env={"JAX_PLATFORMS": "cpu"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"converted into {root / 'out'}" in result.stdout
@@ -166,9 +179,8 @@ def reference_pixels(transform, images: np.ndarray) -> torch.Tensor:
 
 def reference_scores(refs, hps_model, images: np.ndarray) -> np.ndarray:
     """HPSv2's img_score.py: diag(image_features @ text_features.T) of the normalised features."""
-    open_clip, transform = refs
     with torch.no_grad():
-        outputs = hps_model(reference_pixels(transform, images), open_clip.tokenize(PROMPTS))
+        outputs = hps_model(reference_pixels(refs.transform, images), refs.tokenizer.tokenize(PROMPTS))
         logits = outputs["image_features"] @ outputs["text_features"].T
     return torch.diagonal(logits).numpy()
 
@@ -182,19 +194,18 @@ def test_registered():
     assert "hps_v2" in REWARDS
 
 
-def test_tokens_equal_open_clip(refs, reward):
-    open_clip, _ = refs
+def test_tokens_equal_hpsv2_and_open_clip(refs, reward):
     ours = reward.prepare(PROMPTS)[HPS_TOKENS]
-    theirs = open_clip.tokenize(PROMPTS).numpy()
     assert ours.dtype == np.int32 and ours.shape == (len(PROMPTS), 77)
-    np.testing.assert_array_equal(ours, theirs)
+    np.testing.assert_array_equal(ours, refs.tokenizer.tokenize(PROMPTS).numpy())
+    np.testing.assert_array_equal(ours, refs.open_clip.tokenize(PROMPTS).numpy())
     assert ours[0, 0] == 49406 and ours[-1, 76] == 49407 and ours[0, -1] == 0  # start, cut end, zero padding
 
 
 @pytest.mark.parametrize("shape", IMAGE_SHAPES, ids=[f"{h}x{w}" for h, w in IMAGE_SHAPES])
 def test_preprocessing_equals_hpsv2_transform(refs, shape):
     images = make_images(shape, 2, seed=shape[0] + shape[1])
-    theirs = reference_pixels(refs[1], images).permute(0, 2, 3, 1).numpy()
+    theirs = reference_pixels(refs.transform, images).permute(0, 2, 3, 1).numpy()
     ours = np.asarray(jax.jit(HPSImageProcessing(size=IMAGE_SIZE))(images / 255.0))
     assert ours.shape == theirs.shape == (2, IMAGE_SIZE, IMAGE_SIZE, 3)
     error = float(np.abs(ours - theirs).max())
@@ -216,10 +227,9 @@ def test_scores_equal_hpsv2(refs, models, reward, shape):
 def test_bin_base_and_hps_overlay(refs, models, tmp_path):
     """A .bin base folder converts in-process to the same model; a tensor the HPS state dict lacks comes
     from the base weights (HPSv2 loads its state dict over the pretrained model)."""
-    open_clip, _ = refs
     base, hps = models
     partial = {k: v for k, v in hps.state_dict().items() if k != "logit_scale"}
-    source = write_source(tmp_path / "src", open_clip, base, partial, "bin")
+    source = write_source(tmp_path / "src", refs.open_clip, base, partial, "bin")
     marker = convert_cli.convert_hps(source, tmp_path / "out", log=lambda _: None)
     assert marker["weights"] == ["open_clip_pytorch_model.bin", HPS_WEIGHTS]
     assert json.loads((tmp_path / "out" / MARKER).read_text()) == marker
@@ -271,15 +281,16 @@ def test_converted_folder_scores_without_torch(converted, reward):
 
 
 def test_vit_h14_parameter_count_matches_open_clip(refs):
-    """Our CLIPModel built from open_clip's ViT-H-14 config has open_clip's parameter count (986,109,441),
-    counted without allocating: nnx.eval_shape here, the meta device there."""
-    open_clip, _ = refs
-    config = open_clip.get_model_config("ViT-H-14")
+    """Our CLIPModel built from ViT-H-14's open_clip config has open_clip's and hpsv2's parameter count
+    (986,109,441), counted without allocating: nnx.eval_shape here, the meta device there."""
+    config = refs.open_clip.get_model_config("ViT-H-14")
+    hps_config = json.loads((REFERENCE_LIBS / "hpsv2/src/open_clip/model_configs/ViT-H-14.json").read_text())
+    assert hps_config == config
     with torch.device("meta"):
-        theirs = sum(p.numel() for p in open_clip.CLIP(**config).parameters())
+        theirs = [sum(p.numel() for p in m.CLIP(**config).parameters()) for m in (refs.open_clip, refs.model)]
     abstract = nnx.eval_shape(lambda: our_open_clip.make_clip_model(config))
     ours = sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
-    assert ours == theirs == 986_109_441
+    assert [ours, ours] == theirs and ours == 986_109_441
 
 
 def test_unsupported_open_clip_settings_are_refused():
