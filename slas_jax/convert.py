@@ -130,7 +130,7 @@ def hps_layout(source: Path) -> Path:
     if base is None:
         missing.append(" or ".join(hps.BASE_WEIGHTS))
     if missing:
-        raise ConversionError(f"HPS folder {source} lacks {', '.join(missing)} — {hps.HPS_PUBLISHED}")
+        raise ConversionError(f"HPS folder {source} lacks {', '.join(missing)}; expected {hps.SOURCE_FILES}")
     return base
 
 

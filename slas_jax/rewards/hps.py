@@ -48,15 +48,12 @@ BASE_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 HPS_WEIGHTS = "HPS_v2.1_compressed.pt"
 KIND = "hps_v2"
 """The marker's ``reward`` entry."""
-HPS_PUBLISHED = (
-    "open_clip_config.json, open_clip_model.safetensors (or open_clip_pytorch_model.bin), vocab.json and "
-    "merges.txt are published as laion/CLIP-ViT-H-14-laion2B-s32B-b79K, HPS_v2.1_compressed.pt as "
-    "xswu/HPSv2, on the Hugging Face Hub"
+SOURCE_FILES = (
+    f"{CONFIG_FILE}, {BASE_WEIGHTS[0]} (or {BASE_WEIGHTS[1]}), {' and '.join(TOKENIZER_FILES)} of "
+    f"laion/CLIP-ViT-H-14-laion2B-s32B-b79K and {HPS_WEIGHTS} of xswu/HPSv2 (both on the Hugging Face Hub)"
 )
-CONVERT_HINT = (
-    f"convert a folder holding {', '.join((CONFIG_FILE, *TOKENIZER_FILES))}, one of {' / '.join(BASE_WEIGHTS)} "
-    f"and {HPS_WEIGHTS} with python -m slas_jax.convert SRC OUT and set the checkpoint to OUT"
-)
+"""What the converter's source folder holds and where each file is published (named in errors)."""
+EXPECTED = f"a folder converted by python -m slas_jax.convert SRC OUT, SRC holding {SOURCE_FILES}"
 
 # OpenAI CLIP's normalisation (open_clip's OPENAI_DATASET_MEAN / _STD), which HPSv2's transform uses.
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -112,26 +109,26 @@ def check_hps_folder(checkpoint: str | Path | None) -> Path:
     """The converted folder as a Path, or a one-line ConfigError / ConversionError naming what is missing,
     how to convert and where the files are published."""
     if not checkpoint:
-        raise ConfigError(f"config.reward.options.checkpoint: {CONVERT_HINT} — {HPS_PUBLISHED}")
+        raise ConfigError(f"config.reward.options.checkpoint: set it to {EXPECTED}")
     folder = Path(checkpoint).expanduser()
     if not folder.is_dir():
-        raise ConversionError(f"HPS-v2.1 folder {folder} does not exist; {CONVERT_HINT} — {HPS_PUBLISHED}")
+        raise ConversionError(f"HPS-v2.1 folder {folder} does not exist; expected {EXPECTED}")
     if not (folder / MARKER).is_file():
         raise ConversionError(
-            f"HPS-v2.1 folder {folder} is not a converted folder (no {MARKER}); {CONVERT_HINT} — {HPS_PUBLISHED}"
+            f"HPS-v2.1 folder {folder} is not a converted folder (no {MARKER}); expected {EXPECTED}"
         )
     missing = [name for name in (CONFIG_FILE, *TOKENIZER_FILES, STATE_DIR) if not (folder / name).exists()]
     if missing:
         raise ConversionError(
-            f"HPS-v2.1 folder {folder} lacks {', '.join(missing)}; re-run python -m slas_jax.convert on the "
-            f"source folder — {HPS_PUBLISHED}"
+            f"HPS-v2.1 folder {folder} lacks {', '.join(missing)}; re-run python -m slas_jax.convert on its "
+            "source folder"
         )
     marker = conversion.read_config(folder, MARKER)
     if marker.get("reward") != KIND or marker.get("format_version") != FORMAT_VERSION:
         raise ConversionError(
             f"{folder / MARKER} is not an {KIND} conversion of format {FORMAT_VERSION} (it reads "
             f"{marker.get('reward') or marker.get('pipeline')!r}, format {marker.get('format_version')!r}); "
-            f"{CONVERT_HINT}"
+            f"expected {EXPECTED}"
         )
     return folder
 

@@ -119,7 +119,8 @@ def write_source(folder: Path, open_clip, base: torch.nn.Module, hps: dict, base
     """An HPS source folder: the laion repository's files (config, tokenizer, base weights in
     ``base_format``) and HPSv2's ``{"state_dict": ...}``."""
     folder.mkdir(parents=True)
-    config = {"model_cfg": MODEL_CFG, "preprocess_cfg": {"mean": list(open_clip.OPENAI_DATASET_MEAN)}}
+    preprocess = {"mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD)}
+    config = {"model_cfg": MODEL_CFG, "preprocess_cfg": preprocess}
     (folder / "open_clip_config.json").write_text(json.dumps(config))
     write_tokenizer_files(folder, open_clip)
     if base_format == "safetensors":
@@ -326,7 +327,10 @@ def test_missing_or_unconverted_folders_fail_with_one_line(tmp_path, converted):
         ConversionError, match=r"lacks open_clip_config.json, vocab.json, merges.txt, .*xswu/HPSv2"
     ):
         convert_cli.convert_hps(unconverted, tmp_path / "out")
-    with pytest.raises(ConfigError, match=r"config\.reward\.options\.checkpoint: convert a folder holding"):
+    with pytest.raises(
+        ConfigError,
+        match=r"config\.reward\.options\.checkpoint: set it to a folder converted by python -m slas_jax\.convert",
+    ):
         build_reward("hps_v2", {})
     with pytest.raises(ConfigError, match=r"config\.reward\.options\.dtype: must be 'float32' or 'bfloat16'"):
         build_reward("hps_v2", {"checkpoint": str(converted), "dtype": "float16"})
