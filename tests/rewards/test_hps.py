@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
+import transformers
 from cli_runner import ROOT, run_module
 from flax import nnx
 from PIL import Image
@@ -79,6 +80,8 @@ def refs() -> types.SimpleNamespace:
     if not hps_vocabulary.is_file():
         shutil.copyfile(REFERENCE_LIBS / vocabulary, hps_vocabulary)
     assert hashlib.sha256(hps_vocabulary.read_bytes()).hexdigest() == HPS_VOCABULARY_SHA256
+    # transformers decides once whether torchvision exists (diffusers at import): ask it before it does here.
+    transformers.utils.import_utils.is_torchvision_available()
     sys.path.insert(0, str(REFERENCE_LIBS))
     # torchvision registers fake kernels for these two ops of its C++ extension, which cannot load here.
     for op in ("nms", "qnms"):
