@@ -73,8 +73,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.model.init_checkpoint = checkpoint
     c.sampler.update(base.sampler.to_dict())
     # One initial noise per group (DanceGRPO): group differences then come from the sampler's own noise,
-    # which the log-probabilities cover, not from x_T. The KL to the pretrained model (Flow-GRPO) stops the
-    # drift that noisy small-batch updates cause (without both, 30 steps left the ground truth flat or lower).
+    # which the log-probabilities cover, not from x_T. The KL to the pretrained model (in loss.kl_form's
+    # default "transition" form) stops the drift that noisy small-batch updates cause (without both, 30 steps
+    # left the ground truth flat or lower).
     c.sampler.same_noise_in_group = True
     c.loss.kl_beta = 0.04
     c.advantage.method = chosen["method"]

@@ -1,4 +1,5 @@
-"""Group-relative advantages: DanceGRPO, mean-only, Flow-GRPO and Super-Linear Advantage Shaping (SLAS).
+"""Group-relative advantages: DanceGRPO, mean-only, Flow-GRPO (global or per-prompt std) and Super-Linear
+Advantage Shaping (SLAS).
 
 All methods take rewards of shape (num_prompts, group_size) (one row per prompt, one column per sample drawn
 for it) and return advantages of the same shape plus the statistics they used, for logging. They are pure and
@@ -44,8 +45,12 @@ class AdvantageParams:
 
 
 def _group_stats(rewards: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The group means (P, 1) and the centred rewards (P, G), exactly 0 in a group whose rewards are all
+    equal: the float32 mean of, say, 12 x 0.3 is not 0.3, and a method dividing the rounding residue by a
+    std of the same size would turn a group without any signal into O(1) advantages."""
     mean = jnp.mean(rewards, axis=1, keepdims=True)
-    return mean, rewards - mean
+    tied = jnp.max(rewards, axis=1, keepdims=True) == jnp.min(rewards, axis=1, keepdims=True)
+    return mean, jnp.where(tied, 0.0, rewards - mean)
 
 
 def _shape(d: jax.Array, gamma: float) -> jax.Array:
@@ -92,6 +97,16 @@ def flow_grpo(rewards: jax.Array, p: AdvantageParams) -> tuple[jax.Array, Stats]
     mean, d = _group_stats(rewards)
     batch_std = jnp.std(rewards)
     return d / (batch_std + p.eps), {"group_mean": mean[:, 0], "batch_std": batch_std}
+
+
+@ADVANTAGE_METHODS.register("flow_grpo_per_prompt")
+def flow_grpo_per_prompt(rewards: jax.Array, p: AdvantageParams) -> tuple[jax.Array, Stats]:
+    """(r - group mean) / (population std of the group + eps): Flow-GRPO's default (``global_std=False``),
+    whose eps is 1e-4 (set ``advantage.eps``). Flow-GRPO pools the groups of a prompt drawn twice in one
+    batch; here each group is its own."""
+    mean, d = _group_stats(rewards)
+    std = jnp.std(rewards, axis=1, keepdims=True)
+    return d / (std + p.eps), {"group_mean": mean[:, 0], "group_std": std[:, 0]}
 
 
 def compute_advantages_with_stats(

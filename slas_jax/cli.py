@@ -40,7 +40,8 @@ class Command:
     first (the module docstring); config_hint: the config files to pass (e.g. ``configs/<name>.py``), None
     for commands that take no ``--config``; positionals: names of required positional arguments;
     define_flags: adds the command's own flags to a fresh FlagValues; config_help: the config fields'
-    documentation for ``--help``.
+    documentation for ``--help``; config_default: a config file read when ``--config`` is not given (then
+    it is optional).
     """
 
     name: str
@@ -49,6 +50,7 @@ class Command:
     positionals: Sequence[str] = ()
     define_flags: Callable[[flags.FlagValues], None] | None = None
     config_help: Callable[[], str] | None = field(default=None)
+    config_default: str | None = None
 
     @property
     def prog(self) -> str:
@@ -59,7 +61,7 @@ class Command:
         if self.config_hint is not None:
             config_flags.DEFINE_config_file(
                 "config",
-                None,
+                self.config_default,
                 f"Path to a config file with get_config(): {self.config_hint}",
                 flag_values=values,
             )
@@ -88,11 +90,12 @@ class Command:
 
     def parse(self, argv: Sequence[str]) -> Parsed:
         """Parses ``argv`` (program name first); ConfigError with one line on any bad flag or override."""
-        values = self._flag_values()
         # ml_collections registers the --config.<path> override flags from sys.argv, not from the argv it is
-        # given, so a caller passing its own argv (tests, a notebook) must see it there while parsing.
+        # given, so a caller passing its own argv (tests, a notebook) must see it there while parsing (and
+        # while defining the flags: it applies them to a default config file there).
         saved, sys.argv = sys.argv, list(argv)
         try:
+            values = self._flag_values()
             rest = values(list(argv))
             config = values["config"].value if self.config_hint is not None else None
             if config is not None:
@@ -103,7 +106,7 @@ class Command:
             # ml_collections reports an override of a key the file lacks as one of these, without the key.
             if isinstance(e, UserError):
                 raise
-            raise ConfigError(_explain_override_error(argv)) from e
+            raise ConfigError(_explain_override_error(argv, self.config_default)) from e
         finally:
             sys.argv = saved
         if self.config_hint is not None and config is None:
@@ -160,12 +163,14 @@ def _flag_error_line(error: flags.Error) -> str:
     return lines[0]
 
 
-def _explain_override_error(argv: Sequence[str]) -> str:
-    """Names the first ``--config.a.b=v`` override whose key path the config file does not have."""
+def _explain_override_error(argv: Sequence[str], default: str | None = None) -> str:
+    """Names the first ``--config.a.b=v`` override whose key path the config file (``default`` without
+    ``--config``) does not have."""
     argv = list(argv)
     config_path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
     if config_path is None and "--config" in argv and argv.index("--config") + 1 < len(argv):
         config_path = argv[argv.index("--config") + 1]
+    config_path = config_path or default
     if config_path is None:
         return "missing --config; pass --config configs/<name>.py"
     if not Path(config_path.split(":")[0]).is_file():

@@ -11,6 +11,7 @@ import ast
 import dataclasses
 import inspect
 import itertools
+import math
 import re
 import textwrap
 import types
@@ -121,7 +122,8 @@ class AdvantageConfig:
     """Group-relative advantages (``slas_jax.advantages``)."""
 
     method: str = "slas"
-    """Registered advantage method: dance_grpo | mean_only | slas | flow_grpo."""
+    """Registered advantage method: dance_grpo | mean_only | slas | flow_grpo (batch std) |
+    flow_grpo_per_prompt (group population std; Flow-GRPO's default, with its eps 1e-4)."""
     gamma: float = 1.0
     """SLAS exponent offset: shaped = sign(d) |d|^(1 + gamma), >= 0."""
     eps: float = 1e-6
@@ -153,7 +155,12 @@ class LossConfig:
     clip_range: float = 1e-4
     """PPO ratio clip (DanceGRPO: 1e-4), > 0."""
     kl_beta: float = 0.0
-    """Weight of the Flow-GRPO KL term; 0 disables it and keeps no reference copy."""
+    """Weight of the KL term to the initial policy; 0 disables it and keeps no reference copy."""
+    kl_form: Literal["transition", "flow_grpo"] = "transition"
+    """The KL the beta weighs: "transition" (KL of the two transition Gaussians: mean squared difference of
+    the means over twice the transition variance) or "flow_grpo" (Flow-GRPO's: over twice the per-unit-time
+    variance, i.e. the transition KL times sigma_i - sigma_{i+1}; flow samplers only). The same beta is
+    1 / (sigma_i - sigma_{i+1}) times stronger as "transition", e.g. 4-112x on 16 shifted steps."""
     timestep_fraction: float = 1.0
     """Fraction of the trainable steps each sample trains on, in (0, 1]."""
     exclude_first_steps: int = 0
@@ -274,6 +281,25 @@ class MeshConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RewardComponent:
+    """One reward of a mix (``reward.components``)."""
+
+    name: str = ""
+    """Registered reward name (a JAX reward: it is scored inside the step); required."""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the reward's builder, checked against its signature."""
+    weight: float = 1.0
+    """Its weight in the mix (any finite number; a negative one penalises)."""
+    normalize: bool = False
+    """Standardise it over each step's batch before weighting, so that rewards of different scales weigh as
+    their weights say."""
+
+
+MIXED_REWARD = "mix"
+"""The ``reward.name`` of a run whose reward is ``reward.components``."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class RewardConfig:
     """The reward model by registry name (``slas_jax.rewards.REWARDS``), and its keyword options."""
 
@@ -281,11 +307,59 @@ class RewardConfig:
     """Registered reward name, e.g. "pickscore", "clip_score", or a plugin's ("shapes", "proxy")."""
     options: Mapping[str, Any] = field(default_factory=dict)
     """Keyword arguments of the reward's builder, checked against its signature."""
+    components: Mapping[str, Any] = field(default_factory=dict)
+    """With ``name="mix"``: the mixed rewards by label, each ``{"name", "options", "weight", "normalize"}``
+    (:class:`RewardComponent`), e.g. DanceGRPO's HPS-v2.1 + CLIP score; each is logged as ``reward/<label>``
+    beside the mixed ``reward_mean``."""
+    aggregate: Literal["rewards", "advantages"] = "rewards"
+    """Where the components of a mix meet: "rewards" (one advantage of the weighted sum of rewards) or
+    "advantages" (the weighted sum of each component's advantages, as MixGRPO and Flow-Factory offer)."""
+    on_failure: Literal["error", "drop_group"] = "error"
+    """What a sample the reward could not score (a remote server down, timing out or replying badly) or
+    scored non-finite does: "error" ends the run with one line naming the reward (and its URL); "drop_group"
+    gives every group holding such a sample zero advantages (no gradient) and counts them in the
+    ``dropped_groups`` metric; their rewards enter batch-level statistics as ties at the kept rewards' mean."""
+    host_chunks: int = 1
+    """Host rewards (e.g. "remote") only: the rollout runs as this many chunks of prompts, all dispatched at
+    once, so the devices sample chunk k+1 while the host scores chunk k; must divide train.prompts_per_step.
+    Each chunk draws its own noise, so the samples differ from an unchunked run's (same distribution)."""
+
+    def component(self, label: str) -> RewardComponent:
+        """The typed component ``label`` of ``components``."""
+        return from_mapping(RewardComponent, self.components[label], f"reward.components.{label}")
 
     def validate(self, name: str) -> None:
         from slas_jax.rewards import REWARDS
 
-        bind_options(REWARDS.get(self.name, f"{name}.name"), self.options, f"{name}.options")
+        if self.name == MIXED_REWARD:
+            require(bool(self.components), f"{name}.components", "name='mix' needs at least one component")
+            require(not self.options, f"{name}.options", "a mix takes no options; give each component its own")
+            for label in self.components:
+                where = f"{name}.components.{label}"
+                require(
+                    re.fullmatch(r"[A-Za-z0-9_]+", label) is not None,
+                    where,
+                    "labels are letters, digits and underscores (they become metric and batch key prefixes)",
+                )
+                component = self.component(label)
+                require(bool(component.name), f"{where}.name", "set it to a registered reward")
+                require(
+                    math.isfinite(component.weight), f"{where}.weight", f"must be finite, got {component.weight}"
+                )
+                bind_options(REWARDS.get(component.name, f"{where}.name"), component.options, f"{where}.options")
+        else:
+            require(
+                not self.components,
+                f"{name}.components",
+                f"apply to name='{MIXED_REWARD}' only; set reward.name={MIXED_REWARD} or remove them",
+            )
+            require(
+                self.aggregate == "rewards",
+                f"{name}.aggregate",
+                f"applies to name='{MIXED_REWARD}' only (a single reward has one advantage)",
+            )
+            bind_options(REWARDS.get(self.name, f"{name}.name"), self.options, f"{name}.options")
+        require(self.host_chunks >= 1, f"{name}.host_chunks", f"must be >= 1, got {self.host_chunks}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -305,7 +379,7 @@ class DataConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig:
-    """Evaluation beside the training reward (off when ``scorer`` is None)."""
+    """Evaluation beside the training reward (off when neither ``scorer`` nor ``rewards`` is set)."""
 
     scorer: str | None = None
     """Registered host ground-truth scorer (``slas_jax.scorers.SCORERS``) applied to every step's rollout
@@ -315,6 +389,12 @@ class EvalConfig:
     sets: Mapping[str, Any] = field(default_factory=dict)
     """Fixed prompt sets by name, each ``{"name": source, "options": {...}}`` (e.g. in-domain and held-out).
     """
+    rewards: Mapping[str, Any] = field(default_factory=dict)
+    """Held-out rewards by label, each ``{"name", "options"}`` (registered JAX rewards that do not train, e.g.
+    PickScore and CLIP score beside an HPS-v2.1 run), scored on every fixed set's images as ``<set>/<label>``
+    beside the training reward's ``<set>/reward``, with the hacking gap ``<set>/gap/<label>``: the training
+    reward's gain minus the held-out reward's gain since the first evaluation, each in units of its spread
+    over the images of that evaluation."""
     num_prompts: int = 16
     """Prompts of each set evaluated, >= 1."""
     samples_per_prompt: int = 2
@@ -335,6 +415,18 @@ class EvalConfig:
             from slas_jax.scorers import SCORERS
 
             SCORERS.get(self.scorer, f"{name}.scorer")
+        require(not self.rewards or self.sets, f"{name}.rewards", "need eval.sets to score (fixed prompt sets)")
+        for label, spec in self.rewards.items():
+            where = f"{name}.rewards.{label}"
+            require(
+                re.fullmatch(r"[A-Za-z0-9_]+", label) is not None and label not in ("reward", "gap"),
+                where,
+                "labels are letters, digits and underscores, other than 'reward' and 'gap' (they name metrics)",
+            )
+            require(isinstance(spec, Mapping) and "name" in spec, where, "needs a reward name")
+            unknown = sorted(set(spec) - {"name", "options"})
+            require(not unknown, where, f"unknown key {', '.join(unknown)}; a held-out reward has name and options")
+            from_mapping(RewardConfig, spec, where).validate(where)
         for set_name, source in self.sets.items():
             where = f"{name}.sets.{set_name}"
             require(isinstance(source, Mapping) and "name" in source, where, "needs a source name")
@@ -388,7 +480,18 @@ class Config:
             "loss.exclude_last_steps",
             "must be >= 1 with sampler.decode='prediction': the last transition does not reach the image",
         )
+        require(
+            self.train.prompts_per_step % self.reward.host_chunks == 0,
+            "reward.host_chunks",
+            f"must divide train.prompts_per_step = {self.train.prompts_per_step}, got {self.reward.host_chunks}",
+        )
         sampler_family = SAMPLERS.get(self.sampler.name).family
+        require(
+            self.loss.kl_form != "flow_grpo" or sampler_family == "flux",
+            "loss.kl_form",
+            f"'flow_grpo' divides by a flow sampler's per-unit-time variance; {self.sampler.name!r} is not one "
+            "(use 'transition')",
+        )
         fitting = [name for name in SAMPLERS.names() if SAMPLERS.get(name).family == self.model.family]
         require(
             sampler_family == self.model.family,

@@ -9,3 +9,8 @@ class UserError(ValueError):
 
 class ConfigError(UserError):
     """A configuration value is missing, unknown or invalid; the message names the field."""
+
+
+class RewardError(UserError):
+    """A reward could not score a step (a remote server unreachable, timing out or replying badly) or gave a
+    non-finite reward; the message names the reward and, for a remote one, its URL."""

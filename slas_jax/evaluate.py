@@ -23,9 +23,11 @@ from PIL import Image, ImageDraw
 
 from slas_jax.config import Config, DataConfig
 from slas_jax.data import build_prompt_source
+from slas_jax.errors import ConfigError, RewardError
 from slas_jax.grpo import make_generate
 from slas_jax.pipelines import PipelineBundle
-from slas_jax.rewards import check_reads
+from slas_jax.reward_mix import RewardMix, mixed_rewards
+from slas_jax.rewards import Reward, build_reward, check_reads
 from slas_jax.scorers import SCORERS
 
 
@@ -44,42 +46,89 @@ class EvalSet:
     arrays: dict[str, np.ndarray]
 
 
+@dataclass(frozen=True)
+class HeldOutReward:
+    """A reward that watches without training: its jitted ``fn(params, images, batch)`` and what it needs."""
+
+    fn: Callable[[Any, jax.Array, Mapping[str, jax.Array]], jax.Array]
+    params: Any
+    prepare: Callable[[Sequence[str]], dict[str, np.ndarray]] | None
+    reads: tuple[str, ...]
+
+
+def gain(value: float, baseline: tuple[float, float]) -> float:
+    """How far ``value`` moved from the first evaluation's (mean, std), in units of that std."""
+    mean, std = baseline
+    return (value - mean) / max(std, 1e-12)
+
+
 class Evaluator:
     """Scores rollout samples every step and fixed prompt sets every ``eval.every`` steps.
 
     ``evaluate(params, frozen)`` samples ``samples_per_prompt`` images for each fixed prompt with a fixed
-    key (the same noise before and after training) and returns ``{f"{set}/{metric}": mean}``.
+    key (the same noise before and after training) and returns ``{f"{set}/{metric}": mean}``: the scorer's
+    metrics (``eval.scorer``), the training reward (``<set>/reward``, for a JAX training reward) and each
+    held-out reward (``eval.rewards``: ``<set>/<label>``, with the hacking gap ``<set>/gap/<label>``, the
+    training reward's :func:`gain` minus the held-out one's since the first evaluation of this process).
     """
 
     def __init__(
-        self, config: Config, bundle: PipelineBundle, prepare: Callable[[list[str]], dict[str, Any]]
+        self,
+        config: Config,
+        bundle: PipelineBundle,
+        prepare: Callable[[list[str]], dict[str, Any]],
+        reward: Reward | None = None,
     ):
         ec = config.eval
-        scorer = SCORERS.get(ec.scorer)
+        scorer = SCORERS.get(ec.scorer) if ec.scorer else None
         self.config = ec
-        self.scorer = scorer.fn
+        self.scorer = scorer.fn if scorer is not None else None
         self.generate = make_generate(bundle.pipeline, config)
         self.key = jax.random.PRNGKey(ec.seed)
+        mix = RewardMix.from_config(config.reward, config.advantage.eps)
+        self.train_reward = None
+        if reward is not None and reward.fn is not None:
+            fn = reward.fn
+
+            def train_reward(params: Any, images: jax.Array, batch: Mapping[str, jax.Array]) -> jax.Array:
+                scores = fn(params, images, batch)
+                return scores if mix is None else mixed_rewards(scores, mix)
+
+            self.train_reward = jax.jit(train_reward)
+        self.held_out = {}
+        for label, spec in ec.rewards.items():
+            held = build_reward(spec["name"], spec.get("options", {}))
+            if held.fn is None:
+                raise ConfigError(
+                    f"config.eval.rewards.{label}.name: {spec['name']!r} runs on the host; held-out rewards are "
+                    "JAX rewards"
+                )
+            self.held_out[label] = HeldOutReward(jax.jit(held.fn), held.params, held.prepare, held.reads)
         self.sets = []
+        self.baselines: dict[str, tuple[float, float]] = {}
         for name, source_config in ec.sets.items():
             field = f"eval.sets.{name}"
             source = build_prompt_source(
                 DataConfig(name=source_config["name"], options=source_config.get("options", {})), field
             )
-            check_reads(
-                scorer.reads,
-                source.arrays,
-                f"scorer {ec.scorer!r}",
-                f"prompt source {source_config['name']!r}",
-                f"{field}.name",
-            )
+            readers = [(f"scorer {ec.scorer!r}", scorer.reads)] if scorer is not None else []
+            if self.train_reward is not None:
+                readers.append((f"reward {config.reward.name!r}", reward.reads))
+            readers += [(f"held-out reward {label!r}", held.reads) for label, held in self.held_out.items()]
+            for reader, reads in readers:
+                check_reads(
+                    reads, source.arrays, reader, f"prompt source {source_config['name']!r}", f"{field}.name"
+                )
             prompts, arrays = source.batch(0, ec.num_prompts)
             self.sets.append(EvalSet(name, prompts, prepare(prompts), arrays))
 
     def score_rollout(
         self, images: np.ndarray, arrays: Mapping[str, np.ndarray], group_size: int
     ) -> dict[str, float]:
-        """Ground truth of the training samples: ``truth/strict`` and ``truth/partial`` means."""
+        """Ground truth of the training samples: ``truth/strict`` and ``truth/partial`` means (none without
+        a scorer)."""
+        if self.scorer is None:
+            return {}
         scores = self.scorer(images, repeat_rows(arrays, group_size))
         return {f"truth/{k}": float(np.mean(v)) for k, v in scores.items()}
 
@@ -90,13 +139,45 @@ class Evaluator:
         )
         return np.asarray(images)
 
+    def rewards(self, frozen: Any, eval_set: EvalSet, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Per image (n,): the training reward (``reward``) and each held-out reward (by label)."""
+        spp = self.config.samples_per_prompt
+        out = {}
+        if self.train_reward is not None:
+            batch = repeat_rows({**eval_set.batch, **eval_set.arrays}, spp)
+            out["reward"] = np.asarray(self.train_reward(frozen["reward"], images, batch))
+        for label, held in self.held_out.items():
+            own = held.prepare(eval_set.prompts) if held.prepare is not None else {}
+            batch = repeat_rows({**eval_set.arrays, **own}, spp)
+            out[label] = np.asarray(held.fn(held.params, images, batch))
+        return out
+
     def evaluate(self, params: Any, frozen: Any) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         """Mean scores per fixed set, e.g. ``held_out/strict``, and the images scored, by set name."""
         scores_out, images_out = {}, {}
+        spp = self.config.samples_per_prompt
         for eval_set in self.sets:
             images = self.sample(params, frozen, eval_set)
-            scores = self.scorer(images, repeat_rows(eval_set.arrays, self.config.samples_per_prompt))
-            scores_out.update({f"{eval_set.name}/{k}": float(np.mean(v)) for k, v in scores.items()})
+            if self.scorer is not None:
+                scores = self.scorer(images, repeat_rows(eval_set.arrays, spp))
+                scores_out.update({f"{eval_set.name}/{k}": float(np.mean(v)) for k, v in scores.items()})
+            rewards = self.rewards(frozen, eval_set, images)
+            for key, values in rewards.items():
+                where = f"{eval_set.name}/{key}"
+                if not np.all(np.isfinite(values)):
+                    who = "the training reward" if key == "reward" else f"held-out reward {key!r}"
+                    raise RewardError(f"{who} scored non-finite values on evaluation set {eval_set.name!r}")
+                self.baselines.setdefault(where, (float(np.mean(values)), float(np.std(values))))
+                scores_out[where] = float(np.mean(values))
+            if "reward" in rewards:
+                train_gain = gain(
+                    scores_out[f"{eval_set.name}/reward"], self.baselines[f"{eval_set.name}/reward"]
+                )
+                for label in self.held_out:
+                    where = f"{eval_set.name}/{label}"
+                    scores_out[f"{eval_set.name}/gap/{label}"] = train_gain - gain(
+                        scores_out[where], self.baselines[where]
+                    )
             images_out[eval_set.name] = images
         return scores_out, images_out
 

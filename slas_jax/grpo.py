@@ -1,7 +1,8 @@
 """One GRPO training step, end to end and jitted, as five stages that read top to bottom:
 
 1. :func:`rollout` samples a group of trajectories per prompt with the current policy and decodes them;
-2. :func:`score` rewards every image and turns the rewards into group-relative advantages;
+2. :func:`score` rewards every image and turns the rewards into group-relative advantages
+   (:func:`advantages_from_rewards`);
 3. :func:`pack_transitions` draws each sample's trained timesteps and lays the transitions out as
    (updates, accum, k, micro, ...): scan axes first, the sharded sample axis last;
 4. :func:`update_policy` scans :func:`optimizer_update` over the updates; each accumulates the gradients of
@@ -12,6 +13,10 @@
 :func:`make_train_step` composes them into a pure function of a :class:`TrainState`, a prompt batch and a
 PRNG key; :func:`jit_train_step` compiles it as one function with explicit in/out shardings over a
 (data, fsdp, tensor) mesh and donates the state. :func:`make_generate` is the rollout stage alone.
+
+A host reward (a remote server, anything that cannot run in JAX) splits the step instead:
+:func:`jit_host_reward_step` compiles stage 1 and stages 3 to 5 (:class:`StepStages`) as two functions,
+and ``slas_jax.rewards.host`` scores the images on the host in between.
 
 Shapes in the docstrings: P prompts per step, G samples per prompt (sample b from prompt b // G),
 B = P x G samples, T sampler steps, K trained timesteps per sample, and B = U x A x M: U optimizer updates
@@ -36,6 +41,7 @@ from slas_jax import parallel, param_paths
 from slas_jax.advantages import compute_advantages_with_stats
 from slas_jax.config import AdvantageConfig, Config, LossConfig
 from slas_jax.losses import Transitions, policy_loss, select_timesteps
+from slas_jax.reward_mix import RewardMix, component_advantages, component_metrics, mixed_rewards
 from slas_jax.rollout import Denoiser, Trajectory, repeat_per_sample, sample_trajectories
 from slas_jax.samplers import Sampler
 
@@ -171,6 +177,39 @@ def rollout(
     return cond, uncond, traj, images
 
 
+def advantages_from_rewards(
+    rewards: jax.Array, *, group_size: int, advantage: AdvantageConfig, drop_nonfinite: bool = False
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Group-relative advantages of one step's rewards, whether they were computed in the step or on the host.
+
+    rewards: (B,) float32, sample b from prompt b // group_size. Returns advantages (P, G) float32 and the
+    statistics they used (:func:`compute_advantages_with_stats`). With ``drop_nonfinite``
+    (``reward.on_failure="drop_group"``) a group holding a non-finite reward is dropped: its advantages are 0,
+    its rewards enter the batch-level statistics as ties at the kept rewards' mean, ``zero_std_fraction``
+    counts kept groups only and the stats gain ``dropped_groups`` () float32.
+    """
+    grouped = rewards.reshape(-1, group_size)
+    if drop_nonfinite:
+        kept = jnp.all(jnp.isfinite(grouped), axis=1)
+        kept_sum = jnp.sum(jnp.where(kept[:, None], grouped, 0.0))
+        fill = kept_sum / jnp.maximum(jnp.sum(kept) * group_size, 1)
+        grouped = jnp.where(kept[:, None], grouped, fill)
+    advantages, stats = compute_advantages_with_stats(
+        grouped,
+        method=advantage.method,
+        gamma=advantage.gamma,
+        eps=advantage.eps,
+        adv_clip=advantage.adv_clip,
+        slas_normalize=advantage.slas_normalize,
+    )
+    if drop_nonfinite:
+        advantages = jnp.where(kept[:, None], advantages, 0.0)
+        tied = jnp.max(grouped, axis=1) == jnp.min(grouped, axis=1)
+        stats["zero_std_fraction"] = jnp.sum(tied & kept) / jnp.maximum(jnp.sum(kept), 1)
+        stats["dropped_groups"] = jnp.sum(~kept).astype(jnp.float32)
+    return advantages, stats
+
+
 def score(
     reward_fn: RewardFn,
     frozen: Any,
@@ -179,23 +218,29 @@ def score(
     *,
     group_size: int,
     advantage: AdvantageConfig,
+    drop_nonfinite: bool = False,
+    mix: RewardMix | None = None,
 ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
-    """Stage 2: rewards and group-relative advantages.
+    """Stage 2 of a JAX reward: rewards and group-relative advantages, inside the step.
 
     images: (B, h, w, 3) float32, sample b from prompt b // G; batch: prompt-level (leading axis P), repeated
     so that each image is scored against its prompt. Returns rewards (B,) float32, advantages (P, G) float32
-    and the statistics they used (:func:`compute_advantages_with_stats`).
+    and the statistics they used (:func:`advantages_from_rewards`). With a ``mix``, ``reward_fn`` returns the
+    components (B, C); the rewards are their mix (:func:`~slas_jax.reward_mix.mixed_rewards`), the advantages
+    are aggregated as ``mix.aggregate`` says and the stats gain each component's ``reward/<label>`` mean.
     """
-    rewards = reward_fn(frozen, images, repeat_per_sample(batch, group_size)).astype(jnp.float32)
-    advantages, stats = compute_advantages_with_stats(
-        rewards.reshape(-1, group_size),
-        method=advantage.method,
-        gamma=advantage.gamma,
-        eps=advantage.eps,
-        adv_clip=advantage.adv_clip,
-        slas_normalize=advantage.slas_normalize,
+    scores = reward_fn(frozen, images, repeat_per_sample(batch, group_size)).astype(jnp.float32)
+    advantages_of = functools.partial(
+        advantages_from_rewards, group_size=group_size, advantage=advantage, drop_nonfinite=drop_nonfinite
     )
-    return rewards, advantages, stats
+    if mix is None:
+        return scores, *advantages_of(scores)
+    rewards = mixed_rewards(scores, mix)
+    if mix.aggregate == "rewards":
+        advantages, stats = advantages_of(rewards)
+    else:
+        advantages, stats = component_advantages(scores, mix, advantages_of)
+    return rewards, advantages, {**stats, **component_metrics(scores, mix)}
 
 
 def _split_updates(x: jax.Array, updates: int, accum: int, micro: int) -> jax.Array:
@@ -344,16 +389,29 @@ def step_metrics(
 
     loss_metrics: (U, A, K) each, averaged, except ``ratio_max_dev`` (the maximum) and ``first_ratio_max_dev``
     / ``first_kl``, taken on the first slice, which no update of this step has seen yet (its ratio is 1);
-    grad_norms: (U,), averaged; rewards: (B,) float32; advantages: (P, G) float32. With ``images``
-    (B, h, w, 3), they are returned as ``samples/images`` beside ``samples/rewards`` (B,).
+    grad_norms: (U,), averaged; rewards: (B,) float32; advantages: (P, G) float32. ``reward_nonfinite``
+    counts the non-finite rewards (the loop ends a run on them unless groups are dropped, when
+    ``advantage_stats`` holds ``dropped_groups`` and ``reward_mean`` / ``reward_std`` are over the finite
+    rewards). With ``images`` (B, h, w, 3), they are returned as ``samples/images`` beside ``samples/rewards``
+    (B,).
     """
     out = {name: jnp.mean(value) for name, value in loss_metrics.items()}
     out["ratio_max_dev"] = jnp.max(loss_metrics["ratio_max_dev"])
     out["first_ratio_max_dev"] = loss_metrics["ratio_max_dev"][0, 0, 0]
     out["first_kl"] = loss_metrics["kl"][0, 0, 0]
     out["grad_norm"] = jnp.mean(grad_norms)
-    out["reward_mean"] = jnp.mean(rewards)
-    out["reward_std"] = jnp.std(rewards)
+    finite = jnp.isfinite(rewards)
+    if "dropped_groups" in advantage_stats:
+        kept = jnp.maximum(jnp.sum(finite), 1)
+        mean = jnp.sum(jnp.where(finite, rewards, 0.0)) / kept
+        out["reward_mean"] = mean
+        out["reward_std"] = jnp.sqrt(jnp.sum(jnp.where(finite, (rewards - mean) ** 2, 0.0)) / kept)
+        out["dropped_groups"] = advantage_stats["dropped_groups"]
+    else:
+        out["reward_mean"] = jnp.mean(rewards)
+        out["reward_std"] = jnp.std(rewards)
+    out["reward_nonfinite"] = jnp.sum(~finite).astype(jnp.float32)
+    out.update({k: v for k, v in advantage_stats.items() if k.startswith("reward/")})
     out["advantage_abs_mean"] = jnp.mean(jnp.abs(advantages))
     out["zero_std_fraction"] = advantage_stats["zero_std_fraction"]
     if images is not None:
@@ -362,23 +420,34 @@ def step_metrics(
     return out
 
 
-def make_train_step(
+Rolled = tuple[Any, Any, Trajectory, jax.Array]
+"""The rollout stage's output: cond (leading axis P), uncond (leading axis 1), trajectories (B, T, ...) and
+images (B, h, w, 3) float32 in [0, 1]."""
+
+
+@dataclass(frozen=True)
+class StepStages:
+    """A step's two halves around the reward, shared by the one-jit step of JAX rewards and the split step of
+    host rewards.
+
+    rollout(state, batch (leading axis P), key) -> :data:`Rolled`, stage 1;
+    update(state, rolled, rewards (B,), advantages (P, G), advantage_stats, key) -> (new state, metrics),
+    stages 3 to 5, ``key`` drawing the trained timesteps.
+    """
+
+    rollout: Callable[[TrainState, Batch, jax.Array], Rolled]
+    update: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
+
+
+def make_step_stages(
     pipeline: Pipeline,
-    reward_fn: RewardFn,
     tx: optax.GradientTransformation,
     config: Config,
     mesh: Mesh | None = None,
     *,
     return_samples: bool = False,
-) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
-    """The un-jitted step ``(state, batch, key) -> (state, metrics)``, the five stages in order; see
-    :func:`jit_train_step`.
-
-    batch: prompt-level arrays with leading axis prompts_per_step (tokens, reward metadata, ...).
-    Metrics are scalars; with ``return_samples`` they also hold the rollout's ``samples/images``
-    (prompts x group, h, w, 3) and ``samples/rewards`` (prompts x group,), sample b from prompt b // group,
-    for host-side evaluation (e.g. a ground-truth scorer beside a learned training reward).
-    """
+) -> StepStages:
+    """The :class:`StepStages` of a run; see :func:`make_train_step` for ``return_samples``."""
     tc, lc, sc = config.train, config.loss, config.sampler
     loss_fn = functools.partial(
         policy_loss,
@@ -387,32 +456,37 @@ def make_train_step(
         guidance_scale=sc.guidance_scale,
         clip_range=lc.clip_range,
         kl_beta=lc.kl_beta,
+        kl_form=lc.kl_form,
     )
 
-    def train_step(
-        state: TrainState, batch: Batch, key: jax.Array
-    ) -> tuple[TrainState, dict[str, jax.Array]]:
-        rollout_key, steps_key = jax.random.split(key)
+    def rollout_stage(state: TrainState, batch: Batch, key: jax.Array) -> Rolled:
         # The rollout only supplies data: the gradient flows through the loss's re-scoring alone.
-        cond, uncond, traj, images = rollout(
+        return rollout(
             pipeline,
             jax.lax.stop_gradient(state.params),
             state.frozen,
             batch,
-            rollout_key,
+            key,
             group_size=tc.group_size,
             guidance_scale=sc.guidance_scale,
             same_noise_in_group=sc.same_noise_in_group,
             decode=sc.decode,
         )
-        rewards, advantages, advantage_stats = score(
-            reward_fn, state.frozen, images, batch, group_size=tc.group_size, advantage=config.advantage
-        )
+
+    def update_stage(
+        state: TrainState,
+        rolled: Rolled,
+        rewards: jax.Array,
+        advantages: jax.Array,
+        advantage_stats: dict[str, jax.Array],
+        key: jax.Array,
+    ) -> tuple[TrainState, dict[str, jax.Array]]:
+        cond, uncond, traj, images = rolled
         data = pack_transitions(
             traj,
             advantages,
             cond,
-            steps_key,
+            key,
             num_steps=pipeline.sampler.num_steps,
             loss=lc,
             group_size=tc.group_size,
@@ -433,6 +507,47 @@ def make_train_step(
             data_index=state.data_index + tc.prompts_per_step,
         )
         return new_state, metrics
+
+    return StepStages(rollout=rollout_stage, update=update_stage)
+
+
+def make_train_step(
+    pipeline: Pipeline,
+    reward_fn: RewardFn,
+    tx: optax.GradientTransformation,
+    config: Config,
+    mesh: Mesh | None = None,
+    *,
+    return_samples: bool = False,
+) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
+    """The un-jitted step of a JAX reward ``(state, batch, key) -> (state, metrics)``, the five stages in
+    order; see :func:`jit_train_step`.
+
+    batch: prompt-level arrays with leading axis prompts_per_step (tokens, reward metadata, ...).
+    Metrics are scalars; with ``return_samples`` they also hold the rollout's ``samples/images``
+    (prompts x group, h, w, 3) and ``samples/rewards`` (prompts x group,), sample b from prompt b // group,
+    for host-side evaluation (e.g. a ground-truth scorer beside a learned training reward).
+    """
+    stages = make_step_stages(pipeline, tx, config, mesh, return_samples=return_samples)
+    drop = config.reward.on_failure == "drop_group"
+    mix = RewardMix.from_config(config.reward, config.advantage.eps)
+
+    def train_step(
+        state: TrainState, batch: Batch, key: jax.Array
+    ) -> tuple[TrainState, dict[str, jax.Array]]:
+        rollout_key, steps_key = jax.random.split(key)
+        rolled = stages.rollout(state, batch, rollout_key)
+        rewards, advantages, advantage_stats = score(
+            reward_fn,
+            state.frozen,
+            rolled[3],
+            batch,
+            group_size=config.train.group_size,
+            advantage=config.advantage,
+            drop_nonfinite=drop,
+            mix=mix,
+        )
+        return stages.update(state, rolled, rewards, advantages, advantage_stats, steps_key)
 
     return train_step
 
@@ -477,4 +592,58 @@ def jit_train_step(
         in_shardings=(shardings, batch_shardings, repl),
         out_shardings=(shardings, repl),
         donate_argnums=0,
+    )
+
+
+@dataclass(frozen=True)
+class HostRewardStep:
+    """The step of a host reward, compiled as two functions with the reward computed on the host in between.
+
+    rollout(state, batch chunk (leading axis P / C), key) -> :data:`Rolled` of that chunk, its images sharded
+    over data x fsdp (so each process can score its own rows); it does not donate the state, so the C chunks
+    of a step can all be dispatched before the first is scored.
+    update(state, chunks: C Rolled, rewards: C arrays (B / C,) float32, key) -> (new state, metrics): the
+    chunks concatenated in order (sample b from prompt b // G, as one rollout), then advantages
+    (:func:`advantages_from_rewards`) and stages 3 to 5; donates the state.
+    """
+
+    rollout: Callable[[TrainState, Batch, jax.Array], Rolled]
+    update: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
+
+
+def _concat_chunks(chunks: list[Rolled]) -> Rolled:
+    """C rollouts of consecutive prompt chunks -> one, in order; uncond is the same in every chunk."""
+    cond, traj, images = (
+        jax.tree.map(lambda *xs: jnp.concatenate(xs), *[chunk[i] for chunk in chunks]) for i in (0, 2, 3)
+    )
+    return cond, chunks[0][1], traj, images
+
+
+def jit_host_reward_step(
+    stages: StepStages, config: Config, shardings: TrainState, chunk_batch: Batch, mesh: Mesh
+) -> HostRewardStep:
+    """Compiles the :class:`HostRewardStep` of ``stages`` (state as given, a chunk's batch like
+    ``chunk_batch`` over data x fsdp, key and metrics replicated)."""
+    batch_shardings = {name: parallel.batch_sharding(mesh, jnp.shape(v)) for name, v in chunk_batch.items()}
+    repl = parallel.replicated(mesh)
+    drop = config.reward.on_failure == "drop_group"
+
+    def rollout_chunk(state: TrainState, batch: Batch, key: jax.Array) -> Rolled:
+        cond, uncond, traj, images = stages.rollout(state, batch, key)
+        images = jax.lax.with_sharding_constraint(images, parallel.batch_sharding(mesh, images.shape))
+        return cond, uncond, traj, images
+
+    def update(
+        state: TrainState, chunks: list[Rolled], rewards: list[jax.Array], key: jax.Array
+    ) -> tuple[TrainState, dict[str, jax.Array]]:
+        rolled = _concat_chunks(chunks)
+        all_rewards = jnp.concatenate(rewards)
+        advantages, advantage_stats = advantages_from_rewards(
+            all_rewards, group_size=config.train.group_size, advantage=config.advantage, drop_nonfinite=drop
+        )
+        return stages.update(state, rolled, all_rewards, advantages, advantage_stats, key)
+
+    return HostRewardStep(
+        rollout=jax.jit(rollout_chunk, in_shardings=(shardings, batch_shardings, repl)),
+        update=jax.jit(update, out_shardings=(shardings, repl), donate_argnums=0),
     )

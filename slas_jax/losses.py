@@ -97,8 +97,14 @@ def policy_loss(
     guidance_scale: float,
     clip_range: float,
     kl_beta: float,
+    kl_form: str = "transition",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Mean GRPO loss over the n transitions, and per-batch metrics.
+
+    ``kl_form`` "transition": the KL of the two transition Gaussians (:func:`gaussian_kl`); "flow_grpo": as
+    Flow-GRPO, divided by the per-unit-time variance instead, i.e. the transition KL times the step's
+    sigma_i - sigma_{i+1} (a flow sampler's ``step_size``), so the same beta weighs less, least at the
+    small late steps.
 
     Metrics: ``policy_loss``, ``kl`` (0 without reference), ``approx_kl`` = 0.5 mean((log p - log p_old)^2),
     ``clip_fraction`` (share of |ratio - 1| > clip_range), ``ratio_mean``, ``ratio_max_dev`` = max |ratio - 1|.
@@ -113,7 +119,10 @@ def policy_loss(
         _, ref_mean, _ = rescore(
             denoise, ref_params, steps, uncond, sampler=sampler, guidance_scale=guidance_scale
         )
-        kl = jnp.mean(gaussian_kl(mean, jax.lax.stop_gradient(ref_mean), std))
+        per_transition = gaussian_kl(mean, jax.lax.stop_gradient(ref_mean), std)
+        if kl_form == "flow_grpo":
+            per_transition = per_transition * sampler.step_size(steps.step_index)
+        kl = jnp.mean(per_transition)
         loss = loss + kl_beta * kl
     metrics = {
         "policy_loss": jnp.mean(surrogate),

@@ -9,22 +9,30 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
+import optax
 from absl import flags
+from jax.sharding import Mesh
 from tqdm import tqdm
 
 from slas_jax import grpo, parallel
 from slas_jax.checkpoint import Checkpointer
-from slas_jax.cli import Command, Parsed
-from slas_jax.config import Config, ConfigError, describe_config, load_config
+from slas_jax.cli import USER_ERRORS, Command, Parsed, one_line
+from slas_jax.config import MIXED_REWARD, Config, ConfigError, describe_config, load_config
 from slas_jax.data import build_prompt_source
+from slas_jax.errors import RewardError
 from slas_jax.evaluate import Evaluator, save_curves, write_summary
 from slas_jax.metrics import MetricsWriter, to_python
-from slas_jax.pipelines import build_pipeline
-from slas_jax.rewards import build_reward, check_reads
+from slas_jax.models.conversion import ConversionError
+from slas_jax.pipelines import PipelineBundle, build_pipeline
+from slas_jax.rewards import Reward, build_reward, check_reads
+from slas_jax.rewards.host import HostScoredStep, check_host_layout
+from slas_jax.rewards.mix import build_mixed_reward
 from slas_jax.weights import export_policy
 
 
@@ -59,6 +67,32 @@ def save_due(step: int, every: int, final: bool) -> bool:
     return every > 0 and (final or (step + 1) % every == 0)
 
 
+def load_models(config: Config, vocabulary: Sequence[str]) -> tuple[PipelineBundle, Reward]:
+    """The pipeline (``vocabulary``: the prompt source's words) and the training reward. Both are tried, so
+    that a run missing the weights of either names everything it lacks in one error."""
+    problems: list[BaseException] = []
+    bundle = reward = None
+    try:
+        bundle = build_pipeline(config, vocabulary)
+    except USER_ERRORS as e:
+        problems.append(e)
+    try:
+        reward = (
+            build_mixed_reward(config.reward)
+            if config.reward.name == MIXED_REWARD
+            else build_reward(config.reward.name, config.reward.options)
+        )
+    except USER_ERRORS as e:
+        problems.append(e)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise ConversionError(
+            f"the backbone: {one_line(problems[0])}; and the reward: {one_line(problems[1])}"
+        )
+    return bundle, reward
+
+
 def run(config: Config) -> list[dict[str, float]]:
     """Trains for ``config.train.num_steps`` steps; returns the logged metrics (also in metrics.jsonl)."""
     tc = config.train
@@ -67,8 +101,7 @@ def run(config: Config) -> list[dict[str, float]]:
     except ValueError as e:
         raise ConfigError(f"config.mesh: {e}") from e
     prompts = build_prompt_source(config.data)
-    bundle = build_pipeline(config, prompts.vocabulary)
-    reward = build_reward(config.reward.name, config.reward.options)
+    bundle, reward = load_models(config, prompts.vocabulary)
     check_reads(
         reward.reads,
         prompts.arrays,
@@ -87,24 +120,19 @@ def run(config: Config) -> list[dict[str, float]]:
     )
     state = jax.device_put(state, shardings)
 
-    def reward_fn(frozen_tree, images, batch):
-        return reward.fn(frozen_tree["reward"], images, batch)
-
     def prepare(texts: list[str]) -> dict[str, np.ndarray]:
         extra = reward.prepare(texts) if reward.prepare is not None else {}
         return {"tokens": bundle.tokenize(texts), **extra}
 
-    def make_batch(start: int) -> dict[str, np.ndarray]:
+    def make_batch(start: int) -> tuple[list[str], dict[str, np.ndarray]]:
         texts, arrays = prompts.batch(start, tc.prompts_per_step)
-        return {**prepare(texts), **arrays}
+        return texts, {**prepare(texts), **arrays}
 
     out_dir = Path(tc.output_dir)
-    evaluator = Evaluator(config, bundle, prepare) if config.eval.scorer else None
-    step_fn = grpo.make_train_step(
-        bundle.pipeline, reward_fn, tx, config, mesh, return_samples=evaluator is not None
-    )
-    first = make_batch(0)
-    train_step = grpo.jit_train_step(step_fn, state, shardings, first, mesh)
+    evaluated = config.eval.scorer or config.eval.rewards
+    evaluator = Evaluator(config, bundle, prepare, reward) if evaluated else None
+    train_step = build_step(config, bundle.pipeline, reward, tx, state, shardings, make_batch(0)[1], mesh)
+    host_step = train_step if isinstance(train_step, HostScoredStep) else None
     checkpointer = Checkpointer(out_dir / "checkpoints") if tc.checkpoint_every else None
     if checkpointer is not None and checkpointer.latest_step() is not None:
         state, _ = checkpointer.restore(state, shardings)
@@ -123,11 +151,13 @@ def run(config: Config) -> list[dict[str, float]]:
     bar = tqdm(range(int(state.step), tc.num_steps), desc="GRPO", unit="step", dynamic_ncols=True)
     for step in bar:
         start = time.perf_counter()
-        batch = make_batch(int(state.data_index))
-        state, metrics = train_step(state, batch, jax.random.fold_in(base_key, step))
+        texts, batch = make_batch(int(state.data_index))
+        state, metrics = train_step(state, batch, jax.random.fold_in(base_key, step), texts)
         images = metrics.pop("samples/images", None)
         metrics.pop("samples/rewards", None)
         record = to_python(metrics)
+        if record["reward_nonfinite"] and config.reward.on_failure == "error":
+            raise RewardError(nonfinite_line(config, record, step, host_step.failures if host_step else ()))
         if not np.isfinite(record["policy_loss"]):
             raise FloatingPointError(
                 f"loss became {record['policy_loss']} at step {step}; lower optim.learning_rate"
@@ -163,7 +193,8 @@ def run(config: Config) -> list[dict[str, float]]:
             break
     if evaluator is not None and history:
         # The last step (or the step a signal stopped at) was evaluated: its images are the final state's.
-        after = {k: v for k, v in history[-1].items() if "/" in k and not k.startswith("truth/")}
+        sets = {eval_set.name for eval_set in evaluator.sets}
+        after = {k: v for k, v in history[-1].items() if k.split("/")[0] in sets}
         evaluator.grid(
             eval_images,
             out_dir / "samples_after.png",
@@ -174,6 +205,54 @@ def run(config: Config) -> list[dict[str, float]]:
         )
         write_summary(out_dir / "summary.md", config, history, before, after, time.perf_counter() - started)
     return history
+
+
+def build_step(
+    config: Config,
+    pipeline: grpo.Pipeline,
+    reward: Reward,
+    tx: optax.GradientTransformation,
+    state: grpo.TrainState,
+    shardings: grpo.TrainState,
+    batch: dict[str, np.ndarray],
+    mesh: Mesh,
+) -> Callable[..., tuple[grpo.TrainState, dict[str, Any]]]:
+    """The compiled step ``(state, batch, key, texts) -> (state, metrics)``: one jit for a JAX reward, the
+    split step (:class:`HostScoredStep`) for a host reward. ``batch`` is a prompt batch, for its shapes."""
+    return_samples = bool(config.eval.scorer)
+    if reward.host is None:
+        if config.reward.host_chunks != 1:
+            raise ConfigError(
+                f"config.reward.host_chunks: applies to host rewards only; {config.reward.name!r} runs in the "
+                "step, so leave it at 1"
+            )
+
+        def reward_fn(frozen_tree: Any, images: jax.Array, batch: dict[str, jax.Array]) -> jax.Array:
+            return reward.fn(frozen_tree["reward"], images, batch)
+
+        step_fn = grpo.make_train_step(pipeline, reward_fn, tx, config, mesh, return_samples=return_samples)
+        jitted = grpo.jit_train_step(step_fn, state, shardings, batch, mesh)
+        return lambda state, batch, key, _texts: jitted(state, batch, key)
+    chunks = config.reward.host_chunks
+    check_host_layout(config.train.prompts_per_step * config.train.group_size // chunks, mesh)
+    chunk_batch = {name: value[: len(value) // chunks] for name, value in batch.items()}
+    stages = grpo.make_step_stages(pipeline, tx, config, mesh, return_samples=return_samples)
+    compiled = grpo.jit_host_reward_step(stages, config, shardings, chunk_batch, mesh)
+    return HostScoredStep(compiled, reward, config.train.group_size, chunks, mesh)
+
+
+def nonfinite_line(config: Config, record: dict[str, float], step: int, failures: Sequence[str]) -> str:
+    """The one line ending a run whose reward was not finite at ``step``: the first failure a host reward
+    reported on this process, or the count (a JAX reward, or a failure on another process)."""
+    count = int(record["reward_nonfinite"])
+    fix = "set reward.on_failure='drop_group' to drop the groups instead"
+    if failures:
+        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+        return f"step {step}: {failures[0]}{more}; {fix}"
+    return (
+        f"step {step}: reward {config.reward.name!r} gave {count} non-finite rewards of "
+        f"{config.train.prompts_per_step * config.train.group_size}; fix the reward or {fix}"
+    )
 
 
 class _PreemptionFlag:

@@ -47,8 +47,8 @@ def brightness(_frozen, images, _batch):
     return images.mean(axis=(1, 2, 3))
 
 
-def run_step(overrides, *, devices=1, tx=None, reward=brightness, prompts=2, key=0, steps=1, state=None):
-    config = load_config(
+def harness_config(overrides, prompts):
+    return load_config(
         {
             "train": {
                 "prompts_per_step": prompts,
@@ -59,13 +59,22 @@ def run_step(overrides, *, devices=1, tx=None, reward=brightness, prompts=2, key
             "loss": {"timestep_fraction": 0.5, **overrides.get("loss", {})},
             "sampler": {"num_steps": 6},
             "optim": overrides.get("optim", {}),
+            "reward": overrides.get("reward", {}),
         }
     )
-    tx = tx or grpo.make_optimizer(config)
+
+
+def _fresh(config, tx, devices, state):
     mesh = parallel.make_mesh(devices=jax.devices()[:devices])
     fresh = grpo.init_train_state(jax.tree.map(jnp.copy, PARAMS), {}, tx, config)
     shardings = grpo.state_shardings(fresh, parallel.state_shardings(PARAMS, mesh), {}, mesh)
-    state = jax.device_put(fresh if state is None else state, shardings)
+    return mesh, shardings, jax.device_put(fresh if state is None else state, shardings)
+
+
+def run_step(overrides, *, devices=1, tx=None, reward=brightness, prompts=2, key=0, steps=1, state=None):
+    config = harness_config(overrides, prompts)
+    tx = tx or grpo.make_optimizer(config)
+    mesh, shardings, state = _fresh(config, tx, devices, state)
     batch = {"onehot": jnp.eye(4)[:prompts]}
     step = grpo.jit_train_step(
         grpo.make_train_step(PIPELINE, reward, tx, config, mesh), state, shardings, batch, mesh
@@ -74,6 +83,34 @@ def run_step(overrides, *, devices=1, tx=None, reward=brightness, prompts=2, key
     for _ in range(steps):
         state, metrics = step(state, batch, jax.random.fold_in(jax.random.PRNGKey(key), state.step))
     return state, metrics
+
+
+def host_brightness(images, _prompts, _arrays):
+    """``brightness`` as a host reward (numpy, no failures)."""
+    return images.mean(axis=(1, 2, 3)).astype(np.float32), ()
+
+
+def run_host_step(overrides, host=host_brightness, *, devices=1, tx=None, prompts=2, key=0, steps=1):
+    """``run_step`` through the split step of a host reward (``reward.host_chunks`` chunks); returns the
+    state, the last metrics and the HostScoredStep (its ``failures``)."""
+    from slas_jax.rewards import Reward
+    from slas_jax.rewards.host import HostScoredStep
+
+    config = harness_config(overrides, prompts)
+    tx = tx or grpo.make_optimizer(config)
+    mesh, shardings, state = _fresh(config, tx, devices, None)
+    batch = {"onehot": np.eye(4, dtype=np.float32)[:prompts]}
+    chunks = config.reward.host_chunks
+    stages = grpo.make_step_stages(PIPELINE, tx, config, mesh)
+    compiled = grpo.jit_host_reward_step(
+        stages, config, shardings, {"onehot": batch["onehot"][: prompts // chunks]}, mesh
+    )
+    step = HostScoredStep(compiled, Reward(fn=None, host=host), config.train.group_size, chunks, mesh)
+    texts = [f"prompt {i}" for i in range(prompts)]
+    metrics = {}
+    for _ in range(steps):
+        state, metrics = step(state, batch, jax.random.fold_in(jax.random.PRNGKey(key), state.step), texts)
+    return state, metrics, step
 
 
 def flat(params):

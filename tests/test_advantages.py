@@ -88,7 +88,7 @@ def test_slas_is_super_linear_ratio_grows_with_gamma():
     assert all(b > a for a, b in itertools.pairwise(ratios)), ratios
 
 
-@pytest.mark.parametrize("method", ["dance_grpo", "slas", "flow_grpo"])
+@pytest.mark.parametrize("method", ["dance_grpo", "slas", "flow_grpo", "flow_grpo_per_prompt"])
 @settings(max_examples=40, deadline=None)
 @given(r=reward_arrays, scale=st.floats(0.1, 100.0))
 def test_scale_invariance(method, r, scale):
@@ -105,6 +105,25 @@ def test_all_equal_group_gives_exact_zeros(method):
     assert np.all(np.isfinite(adv))
     assert np.all(np.asarray(adv)[0] == 0.0)
     assert float(stats["zero_std_fraction"]) == 0.5
+
+
+@pytest.mark.parametrize("method", sorted(ADVANTAGE_METHODS))
+@pytest.mark.parametrize("value", [0.3, 3.8787563, 1e-7], ids=str)
+def test_an_all_equal_group_whose_mean_rounds_gets_exact_zeros(method, value):
+    """12 x 0.3 averages to 0.3 + rounding in float32; divided by a std of the same size the residue became
+    O(1) advantages for dance_grpo before the centring treated ties exactly."""
+    r = np.stack([np.full(12, value, np.float32), np.linspace(0, 1, 12, dtype=np.float32)])
+    adv = np.asarray(compute_advantages(r, method=method, eps=1e-8))
+    assert np.all(adv[0] == 0.0), adv[0]
+    assert np.all(np.isfinite(adv)) and np.any(adv[1] != 0.0)
+
+
+def test_flow_grpo_per_prompt_uses_each_groups_population_std():
+    r = np.array([[1.0, 2.0, 4.0], [5.0, 9.0, 9.5]], np.float32)
+    expected = (r - r.mean(1, keepdims=True)) / (r.std(1, keepdims=True) + 1e-4)
+    np.testing.assert_allclose(
+        compute_advantages(r, method="flow_grpo_per_prompt", eps=1e-4), expected, rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("method", sorted(ADVANTAGE_METHODS))

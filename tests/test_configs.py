@@ -1,6 +1,7 @@
 """The shipped config files: every one loads into a valid Config, and the shapes demo's variants select what
 they name."""
 
+import dataclasses
 import re
 import runpy
 from pathlib import Path
@@ -95,6 +96,27 @@ def test_shapes_demo_draws_noise_at_the_transitions_it_trains_and_trains_only_th
     assert config.sampler.sde_window == (3, 5)
     trained = [re.search(config.optim.trainable[0], name) is not None for name in FLUX_PARAMETERS]
     assert trained == [True, True, False, False, False, False]
+
+
+@pytest.mark.parametrize(
+    ("name", "prompts", "group", "update_size", "updates"),
+    [("sd_tpu.py", 32, 16, 256, 2), ("flux_tpu.py", 16, 12, 64, 3)],
+)
+def test_the_tpu_recipes_have_dancegrpos_batch_structure_and_reward(
+    name, prompts, group, update_size, updates
+):
+    config = load_config(get_config(name))
+    tc = config.train
+    assert (tc.prompts_per_step, tc.group_size) == (prompts, group)
+    assert tc.micro_batch_size * tc.grad_accum_steps == update_size
+    assert prompts * group // update_size == updates
+    assert config.reward.name == "hps_v2" and config.sampler.same_noise_in_group
+    assert config.advantage.method == "slas" and config.optim.grad_clip == 1.0
+    baseline = load_config(get_config(name, "dance_grpo"))
+    assert baseline.advantage.method == "dance_grpo" and baseline.advantage.eps == 1e-8
+    assert dataclasses.replace(baseline.train, output_dir=tc.output_dir) == tc
+    with pytest.raises(ValueError, match=r"unknown .* variant 'nope'"):
+        get_config(name, "nope")
 
 
 def test_every_backbone_can_export_its_policy():

@@ -198,3 +198,98 @@ def test_pack_transitions_puts_sample_b_at_update_accum_micro_with_its_own_times
     step_index = np.asarray(data.step_index)
     assert step_index.min() >= 1 and step_index.max() <= steps - 2
     assert (step_index[:, :, 0] != step_index[:, :, 1]).all(), "a sample's k trained steps are distinct"
+
+
+@pytest.mark.parametrize("devices", [1, 8])
+def test_host_reward_step_computes_the_one_jit_step(devices):
+    """The split step (rollout jit, reward on the host, update jit) equals the one-jit step of the same reward
+    up to float32 rounding (the two programs fuse differently)."""
+    from engine_harness import run_host_step
+
+    overrides = {"train": {"micro_batch_size": 2}}
+    fused, fused_metrics = run_step(overrides, devices=devices, steps=2)
+    split, split_metrics, _ = run_host_step(overrides, devices=devices, steps=2)
+    for name, value in fused_metrics.items():
+        np.testing.assert_allclose(
+            float(split_metrics[name]), float(value), rtol=1e-4, atol=1e-6, err_msg=name
+        )
+    np.testing.assert_allclose(flat(split.params), flat(fused.params), rtol=1e-4, atol=1e-7)
+    assert split_metrics["host_reward_s"] >= 0.0 and split_metrics["host_wait_s"] >= 0.0
+
+
+def test_host_reward_chunks_score_every_sample_against_its_prompt():
+    """With reward.host_chunks=2 each chunk's rows reach the host reward with their own prompts, in order."""
+    from engine_harness import host_brightness, run_host_step
+
+    seen = []
+
+    def host(images, prompts, arrays):
+        seen.append(list(prompts))
+        return host_brightness(images, prompts, arrays)
+
+    _, metrics, _ = run_host_step({"reward": {"host_chunks": 2}}, host, prompts=4)
+    assert seen == [["prompt 0"] * 4 + ["prompt 1"] * 4, ["prompt 2"] * 4 + ["prompt 3"] * 4]
+    assert float(metrics["reward_nonfinite"]) == 0.0 and np.isfinite(float(metrics["policy_loss"]))
+
+
+def _first_group_set_to(value):
+    """Brightness, ``value`` for the first prompt's four samples."""
+
+    def reward(_frozen, images, _batch):
+        return images.mean(axis=(1, 2, 3)).at[:4].set(value)
+
+    return reward
+
+
+_nan_first_group = _first_group_set_to(jnp.nan)
+
+
+def test_nonfinite_rewards_are_counted_in_the_step():
+    """on_failure="error": the step counts the non-finite rewards (the loop then raises)."""
+    _, metrics = run_step({}, reward=_nan_first_group)
+    assert float(metrics["reward_nonfinite"]) == 4.0
+    assert "dropped_groups" not in metrics
+
+
+@pytest.mark.parametrize("path", ["jax", "host"])
+def test_dropped_groups_get_no_gradient(path):
+    """on_failure="drop_group": the group holding a NaN reward is dropped and counted, and the update is the
+    one of a run whose first group tied (zero advantages: no gradient from it; SLAS's batch std sees the
+    tie's zeros either way)."""
+    from engine_harness import host_brightness, run_host_step
+
+    overrides = {"reward": {"on_failure": "drop_group"}}
+    sgd = optax.sgd(1.0)
+    if path == "jax":
+        state, metrics = run_step(overrides, reward=_nan_first_group, tx=sgd)
+    else:
+
+        def host(images, prompts, arrays):
+            scores, _ = host_brightness(images, prompts, arrays)
+            scores[:4] = np.nan
+            return scores, ("reward 'test' at nowhere: the first request failed",)
+
+        state, metrics, step = run_host_step(overrides, host, tx=sgd)
+        assert step.failures == ("reward 'test' at nowhere: the first request failed",)
+    assert float(metrics["dropped_groups"]) == 1.0 and float(metrics["reward_nonfinite"]) == 4.0
+    tied, tied_metrics = run_step({}, reward=_first_group_set_to(0.5), tx=sgd)
+    assert np.abs(flat(tied.params) - flat(PARAMS)).max() > 1e-4, "the kept group still trains"
+    np.testing.assert_allclose(flat(state.params), flat(tied.params), rtol=1e-4, atol=2e-6)
+    kept_rewards = float(tied_metrics["reward_mean"]) * 8 - 4 * 0.5
+    np.testing.assert_allclose(float(metrics["reward_mean"]), kept_rewards / 4, rtol=1e-5)
+
+
+def test_advantages_from_rewards_drops_groups_with_nonfinite_rewards():
+    """A dropped group's advantages are 0; group-normalised methods give the kept groups exactly what they
+    would get alone; zero_std_fraction counts kept groups only."""
+    from slas_jax.config import AdvantageConfig
+    from slas_jax.grpo import advantages_from_rewards
+
+    rewards = jnp.array([0.1, 0.4, jnp.nan, 0.2, 0.3, 0.3, 0.5, 0.9], jnp.float32)
+    config = AdvantageConfig(method="dance_grpo")
+    adv, stats = advantages_from_rewards(rewards, group_size=2, advantage=config, drop_nonfinite=True)
+    alone, _ = advantages_from_rewards(rewards[jnp.array([0, 1, 4, 5, 6, 7])], group_size=2, advantage=config)
+    np.testing.assert_array_equal(adv[1], [0.0, 0.0])
+    np.testing.assert_allclose(adv[jnp.array([0, 2, 3])], alone, rtol=1e-6)
+    assert float(stats["dropped_groups"]) == 1.0
+    np.testing.assert_allclose(float(stats["zero_std_fraction"]), 1 / 3, rtol=1e-6)

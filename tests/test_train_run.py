@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from cli_runner import run_module
 
@@ -62,3 +63,66 @@ def test_shapes_run_writes_the_run_folder(tmp_path):
         assert (tmp_path / name).stat().st_size > 0, name
     summary = (tmp_path / "summary.md").read_text()
     assert "held_out/strict" in summary and "hacking gap" in summary
+
+
+def _brightness_values(tmp_path, folder, **reward):
+    import runpy
+
+    values = runpy.run_path(str(ROOT / "configs" / "brightness_cpu.py"))["get_config"]()
+    values.train.num_steps = 2
+    values.train.prompts_per_step = 2
+    values.train.group_size = 4
+    values.train.micro_batch_size = 8
+    values.train.output_dir = str(tmp_path / folder)
+    for key, value in reward.items():
+        setattr(values.reward, key, value)
+    return values
+
+
+def _serving(reward):
+    """The reference reward server in a thread on a free port (rewards/test_remote.served)."""
+    from reward_server import served
+
+    from slas_jax.rewards.serve import make_app
+
+    return served(make_app(reward, "brightness", concurrency=2))
+
+
+def test_steps_through_the_reward_server_equal_the_in_process_reward_until_it_fails(tmp_path):
+    """The smoke task trained through the reference server (the split step; brightness scored on the far
+    side of HTTP from lossless npy images) computes the same two steps as the in-process brightness reward.
+    The server then fails (500 on every try): the run ends at step 2 with the RewardError line naming the
+    reward, the URL and the failure, and nothing of step 2 is logged."""
+    from slas_jax.cli import one_line
+    from slas_jax.config import load_config
+    from slas_jax.errors import RewardError
+    from slas_jax.metrics import read_metrics
+    from slas_jax.rewards import Reward, build_reward
+    from slas_jax.train import run
+
+    in_process = run(load_config(_brightness_values(tmp_path, "jax")))
+    brightness = build_reward("brightness", {})
+    requests = []
+
+    def host(images, _prompts, arrays):
+        requests.append(len(images))
+        if len(requests) > 6:  # 8 images a step in requests of 3: steps 0 and 1 take 3 requests each
+            raise RuntimeError("detector out of memory")
+        return np.asarray(brightness.fn(None, images, arrays)), ()
+
+    with _serving(Reward(fn=None, host=host, reads=brightness.reads)) as url:
+        options = {"url": url, "image_format": "npy", "batch_size": 3, "retries": 1, "backoff_s": 0.01}
+        values = _brightness_values(tmp_path, "remote", name="remote", options=options)
+        values.train.num_steps = 3
+        with pytest.raises(RewardError) as caught:
+            run(load_config(values))
+    line = one_line(caught.value)
+    assert line.startswith(f"step 2: reward 'remote' at {url} (serving 'brightness'): server error 500"), line
+    assert "RuntimeError: detector out of memory after 2 attempts" in line
+    remote = read_metrics(tmp_path / "remote" / "metrics.jsonl")
+    assert [r["step"] for r in remote] == [0, 1]
+    for ours, theirs in zip(remote, in_process, strict=True):
+        for name, value in theirs.items():
+            if name != "step_time_s":
+                np.testing.assert_allclose(ours[name], value, rtol=1e-5, atol=1e-7, err_msg=name)
+        assert ours["host_reward_s"] > 0.0

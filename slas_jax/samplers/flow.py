@@ -145,6 +145,12 @@ class FlowSampler:
         """sigma at step index i (scalar or (batch,)), float32."""
         return jnp.asarray(self.sigmas, jnp.float32)[i]
 
+    def step_size(self, i: jax.Array) -> jax.Array:
+        """sigma_i - sigma_{i+1} (= -dt > 0) at step index i (scalar or (batch,)), float32: a transition's
+        variance is its per-unit-time variance times this."""
+        sigmas = jnp.asarray(self.sigmas, jnp.float32)
+        return sigmas[i] - sigmas[i + 1]
+
     def predict_x0(self, pred: jax.Array, i: jax.Array, x: jax.Array) -> jax.Array:
         """The model's clean-sample estimate at step index i: x - sigma v, float32."""
         sigma = jnp.asarray(self.sigmas, jnp.float32)[i]

@@ -464,4 +464,7 @@ def test_flux_recipe_without_weights_fails_with_one_line(tmp_path):
     )
     line = one_line_error(out)
     assert "checkpoints/FLUX.1-dev" in line and "black-forest-labs/FLUX.1-dev" in line
+    # The reward's weights are missing too, and the same line says so.
+    assert "and the reward: HPS-v2.1 folder checkpoints/hps_v2.1 does not exist" in line, line
+    assert "HPS_v2.1_compressed.pt of xswu/HPSv2" in line, line
     assert "Traceback" not in out.stderr

@@ -306,6 +306,9 @@ def test_sd_recipe_without_weights_fails_with_one_line(tmp_path):
     assert "checkpoints/stable-diffusion-v1-4 does not exist" in line, line
     assert "unet/config.json" in line and "tokenizer/tokenizer_config.json" in line, line
     assert "CompVis/stable-diffusion-v1-4" in line, line
+    # The reward's weights are missing too, and the same line says so.
+    assert "and the reward: HPS-v2.1 folder checkpoints/hps_v2.1 does not exist" in line, line
+    assert "open_clip_pytorch_model.bin" in line and "laion/CLIP-ViT-H-14-laion2B-s32B-b79K" in line, line
     assert "Traceback" not in out.stderr
 
 
