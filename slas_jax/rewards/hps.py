@@ -16,8 +16,9 @@ OUT (``config.reward.options.checkpoint``) then holds ``open_clip_config.json``,
 Scoring path (HPSv2's evaluation transform, open_clip's tokenizer): prompts are tokenised on the host by
 :attr:`Reward.prepare` (open_clip's layout: start 49406, BPE, end 49407, zeros to 77; batch key
 ``reward_tokens``); images (b, h, w, 3) in [0, 1] are preprocessed in JAX inside the jitted step by
-:class:`HPSImageProcessing`. DanceGRPO's JPEG round trip before scoring is not reproduced: it cannot run
-inside the jitted step, and the scores of the images themselves are what this reward returns.
+:class:`HPSImageProcessing`. By default the float images themselves are scored; the option ``jpeg_quality``
+scores them as DanceGRPO's SD script does (uint8, PIL resize to 512 x 512, a ``.jpg`` saved at that quality and
+read back), reproduced in integer JAX maths by :mod:`slas_jax.rewards.jpeg` inside the jitted step.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from slas_jax.models.open_clip import make_clip_model
 from slas_jax.models.open_clip_tokenizer import OpenCLIPTokenizer
 from slas_jax.pipelines.components import FORMAT_VERSION, MARKER, STATE_DIR, restore_module
 from slas_jax.rewards.clip_score import TOKENS_KEY
+from slas_jax.rewards.jpeg import dance_grpo_jpeg
 from slas_jax.rewards.registry import Reward, register
 
 CONFIG_FILE = "open_clip_config.json"
@@ -146,12 +148,27 @@ def _unit(x: jax.Array) -> jax.Array:
 
 
 @register("hps_v2")
-def hps_reward(checkpoint: str | None = None, dtype: str = "float32") -> Reward:
+def hps_reward(
+    checkpoint: str | None = None, dtype: str = "float32", jpeg_quality: int | None = None
+) -> Reward:
     """HPS-v2.1: cosine(image, text) of the converted HPS folder ``checkpoint``; dtype: compute dtype of the
     CLIP towers (parameters and scores stay float32). The batch must hold ``reward_tokens`` (b, 77) int32,
-    which :attr:`Reward.prepare` produces from the prompts."""
+    which :attr:`Reward.prepare` produces from the prompts.
+
+    jpeg_quality: None (the default) scores the images as they are. An integer in [1, 100] takes DanceGRPO's
+    scoring path (fastvideo/train_grpo_sd.py, which saves at PIL's default quality, 75) before HPSv2's
+    transform: ``(image * 255).astype(np.uint8)``, ``resize((512, 512))`` (bicubic), a JPEG saved at this
+    quality (4:2:0) and read back, as :func:`slas_jax.rewards.jpeg.dance_grpo_jpeg` computes it in JAX
+    (integer maths: the scores are not differentiable with respect to the images).
+    """
     if dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"config.reward.options.dtype: must be 'float32' or 'bfloat16', got {dtype!r}")
+    if jpeg_quality is not None and (
+        isinstance(jpeg_quality, bool) or not isinstance(jpeg_quality, int) or not 1 <= jpeg_quality <= 100
+    ):
+        raise ConfigError(
+            f"config.reward.options.jpeg_quality: must be an integer in [1, 100] or None, got {jpeg_quality!r}"
+        )
     folder = check_hps_folder(checkpoint)
     model_cfg = read_model_config(folder)
     model = restore_module(
@@ -166,6 +183,8 @@ def hps_reward(checkpoint: str | None = None, dtype: str = "float32") -> Reward:
     def fn(params: nnx.State, images: jax.Array, batch: Mapping[str, jax.Array]) -> jax.Array:
         """images (b, h, w, 3) float32 in [0, 1], batch[reward_tokens] (b, 77) int32 -> scores (b,) float32."""
         clip = nnx.merge(graphdef, params)
+        if jpeg_quality is not None:
+            images = dance_grpo_jpeg(images, jpeg_quality)
         image = _unit(clip.get_image_features(processing(images)))
         # Zero padding after the end token needs no mask: the causal mask hides it from the pooled end token.
         text = _unit(clip.get_text_features(batch[TOKENS_KEY]))
