@@ -13,8 +13,9 @@ uses DanceGRPO's per-prompt (r - mean) / (unbiased std + 1e-8).
 Deliberate departures from the peer's script:
 - trained timesteps: DanceGRPO draws one random subset of timesteps per step for all samples; here each
   sample draws its own (``loss.select_timesteps``), the same fraction;
-- HPS input: DanceGRPO resizes to 512 px and round-trips each image through a JPEG file before scoring;
-  here the float image is scored directly;
+- HPS input: DanceGRPO's FLUX script scores the image saved as an 8-bit PNG (rounded levels); here the
+  float image is scored directly (its SD script's JPEG round trip, ``reward.options.jpeg_quality``, is not
+  part of the FLUX recipe);
 - rematerialisation per block (``model.remat``) instead of PyTorch's gradient checkpointing;
 - no EMA: the 16-GPU script keeps none (its 8-GPU sibling keeps an EMA at 0.995 with grad clip 0.01,
   which slas-jax does not offer).

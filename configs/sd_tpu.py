@@ -6,13 +6,12 @@ prompts x 16 images = 512 images per step in two optimizer updates of 256 (micro
 8 GPUs, 8 accumulated); every transition but the last trained (``timestep_fraction`` 1.0 over the 49 the
 peer trains); PPO clip 1e-4, advantage clip 5; AdamW lr 1e-5, betas 0.9 / 0.999, eps 1e-8, weight decay 1e-4,
 grad clip 1.0; full fine-tune of the UNet in bfloat16 compute with float32 parameters; the same initial noise
-within a group. The ``dance_grpo`` variant uses DanceGRPO's per-prompt (r - mean) / (unbiased std + 1e-8).
+within a group; HPS scores the image as DanceGRPO's script does, truncated to 8 bits, resized to 512 px and
+round-tripped through a quality-75 JPEG (``reward.options.jpeg_quality``, bit-exact against PIL). The ``dance_grpo`` variant uses DanceGRPO's per-prompt (r - mean) / (unbiased std + 1e-8).
 
 Deliberate departures from the peer's script:
 - initial noise: DanceGRPO draws one noise for every image of a step (all prompts); here each prompt's group
   shares one noise (``sampler.same_noise_in_group``), which is what its group-relative advantages rely on;
-- HPS input: DanceGRPO resizes each image to 512 px and round-trips it through a JPEG file before scoring;
-  here the float image is scored directly (HPS's own resize to 224 px follows in both);
 - gradient checkpointing per block (``model.remat``) instead of PyTorch's, and the accumulation order of
   the micro-batches is fixed (the peer's follows its data loader);
 - no EMA: the SD script keeps none.
@@ -68,7 +67,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 25
     c.train.output_dir = f"runs/sd14_{method}"
     c.reward.name = "hps_v2"
-    c.reward.options = {"checkpoint": "checkpoints/hps_v2.1"}
+    c.reward.options = {"checkpoint": "checkpoints/hps_v2.1", "jpeg_quality": 75}
     c.data.name = "text_file"
     c.data.options = {"path": placeholder(str), "seed": 0, "data_dir": "~/tensorflow_datasets"}
     return c

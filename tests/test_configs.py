@@ -111,6 +111,8 @@ def test_the_tpu_recipes_have_dancegrpos_batch_structure_and_reward(
     assert tc.micro_batch_size * tc.grad_accum_steps == update_size
     assert prompts * group // update_size == updates
     assert config.reward.name == "hps_v2" and config.sampler.same_noise_in_group
+    # Only DanceGRPO's SD script scores HPS through a JPEG file; its FLUX script saves PNGs.
+    assert config.reward.options.get("jpeg_quality") == (75 if name == "sd_tpu.py" else None)
     assert config.advantage.method == "slas" and config.optim.grad_clip == 1.0
     baseline = load_config(get_config(name, "dance_grpo"))
     assert baseline.advantage.method == "dance_grpo" and baseline.advantage.eps == 1e-8
