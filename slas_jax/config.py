@@ -333,7 +333,9 @@ class RewardConfig:
 
         if self.name == MIXED_REWARD:
             require(bool(self.components), f"{name}.components", "name='mix' needs at least one component")
-            require(not self.options, f"{name}.options", "a mix takes no options; give each component its own")
+            require(
+                not self.options, f"{name}.options", "a mix takes no options; give each component its own"
+            )
             for label in self.components:
                 where = f"{name}.components.{label}"
                 require(
@@ -344,9 +346,13 @@ class RewardConfig:
                 component = self.component(label)
                 require(bool(component.name), f"{where}.name", "set it to a registered reward")
                 require(
-                    math.isfinite(component.weight), f"{where}.weight", f"must be finite, got {component.weight}"
+                    math.isfinite(component.weight),
+                    f"{where}.weight",
+                    f"must be finite, got {component.weight}",
                 )
-                bind_options(REWARDS.get(component.name, f"{where}.name"), component.options, f"{where}.options")
+                bind_options(
+                    REWARDS.get(component.name, f"{where}.name"), component.options, f"{where}.options"
+                )
         else:
             require(
                 not self.components,
@@ -415,7 +421,9 @@ class EvalConfig:
             from slas_jax.scorers import SCORERS
 
             SCORERS.get(self.scorer, f"{name}.scorer")
-        require(not self.rewards or self.sets, f"{name}.rewards", "need eval.sets to score (fixed prompt sets)")
+        require(
+            not self.rewards or self.sets, f"{name}.rewards", "need eval.sets to score (fixed prompt sets)"
+        )
         for label, spec in self.rewards.items():
             where = f"{name}.rewards.{label}"
             require(
@@ -425,7 +433,11 @@ class EvalConfig:
             )
             require(isinstance(spec, Mapping) and "name" in spec, where, "needs a reward name")
             unknown = sorted(set(spec) - {"name", "options"})
-            require(not unknown, where, f"unknown key {', '.join(unknown)}; a held-out reward has name and options")
+            require(
+                not unknown,
+                where,
+                f"unknown key {', '.join(unknown)}; a held-out reward has name and options",
+            )
             from_mapping(RewardConfig, spec, where).validate(where)
         for set_name, source in self.sets.items():
             where = f"{name}.sets.{set_name}"
