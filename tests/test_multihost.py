@@ -1,4 +1,5 @@
-"""Two local processes joined with jax.distributed compute the same GRPO update as one process."""
+"""Two local processes joined with jax.distributed compute the same GRPO update as one process, with a JAX
+reward (one jit) and with a host reward (each process scoring its own rows of the images)."""
 
 import os
 import socket
@@ -41,3 +42,5 @@ def test_two_processes_match_one_process(tmp_path):
     single, _ = run_step(MESH_TEST_OVERRIDES, tx=optax.sgd(1.0), prompts=1)
     for i in range(2):
         np.testing.assert_allclose(np.load(tmp_path / f"p{i}.npy"), flat(single.params), rtol=1e-4, atol=2e-6)
+        host = np.load(tmp_path / f"p{i}_host.npy")
+        np.testing.assert_allclose(host, flat(single.params), rtol=1e-4, atol=2e-6)

@@ -4,8 +4,8 @@ computed on the host between the two compiled halves of the step (``grpo.jit_hos
 On a pod every process runs the same loop: it dispatches the step's rollout chunks, then for each chunk
 fetches only the rows of the images its own devices hold (the batch axis is sharded over data x fsdp),
 scores them, and builds its part of the global reward array, which ``jax.make_array_from_single_device_arrays``
-joins with the other processes' parts without any host-to-host transfer. Scoring chunk k overlaps the
-devices' sampling of chunk k+1 (all chunks are queued before the first is fetched). A sample the reward
+joins with the other processes' parts without any host-to-host transfer. Scoring chunk k (in a thread)
+overlaps the devices' sampling of chunk k+1 (all chunks are queued before the first is fetched). A sample the reward
 could not score is NaN: the update then counts it in ``reward_nonfinite`` (replicated metrics, so every
 process ends the step the same way), and the loop raises or the group is dropped (``reward.on_failure``).
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,7 +67,8 @@ class HostScoredStep:
     chunks of P / chunks prompts (chunk c with key ``split(rollout_key, chunks)[c]``; one chunk uses the
     rollout key itself, as the one-jit step does). ``failures`` holds the last step's failure lines of this
     process. Metrics gain ``host_wait_s`` (time blocked on the devices for images) and ``host_reward_s``
-    (time in the reward), plain floats.
+    (time blocked on the reward after the last chunk's images arrived: the reward time the rollout did not
+    hide), plain floats.
     """
 
     compiled: HostRewardStep
@@ -88,25 +90,29 @@ class HostScoredStep:
             self.compiled.rollout(state, {k: v[part] for k, v in batch.items()}, keys[c])
             for c, part in enumerate(parts)
         ]
-        rewards, failures, waited, scoring = [], [], 0.0, 0.0
-        for part, chunk in zip(parts, rolled, strict=True):
+        waited, scoring, failures = 0.0, [], []
+        # Each chunk is scored in a thread as soon as its images are here, so its requests are in flight
+        # while the devices sample (and the host fetches) the next chunks.
+        with ThreadPoolExecutor(self.chunks) as pool:
+            for part, chunk in zip(parts, rolled, strict=True):
+                start = time.perf_counter()
+                rows, images = local_images(chunk[3])
+                waited += time.perf_counter() - start
+                prompt_index = part.start + rows // self.group_size
+                arrays = {name: np.asarray(batch[name])[prompt_index] for name in self.reward.reads}
+                future = pool.submit(self.reward.host, images, [texts[i] for i in prompt_index], arrays)
+                scoring.append((rows, len(chunk[3]), future))
             start = time.perf_counter()
-            rows, images = local_images(chunk[3])
-            started_scoring = time.perf_counter()
-            prompt_index = part.start + rows // self.group_size
-            scores, chunk_failures = self.reward.host(
-                images,
-                [texts[i] for i in prompt_index],
-                {name: np.asarray(batch[name])[prompt_index] for name in self.reward.reads},
-            )
-            waited += started_scoring - start
-            scoring += time.perf_counter() - started_scoring
-            failures += chunk_failures
-            sharding = parallel.batch_sharding(self.mesh, (len(chunk[3]),))
-            rewards.append(global_rewards(np.asarray(scores, np.float32), rows, sharding, len(chunk[3])))
+            rewards = []
+            for rows, size, future in scoring:
+                scores, chunk_failures = future.result()
+                failures += chunk_failures
+                sharding = parallel.batch_sharding(self.mesh, (size,))
+                rewards.append(global_rewards(np.asarray(scores, np.float32), rows, sharding, size))
+            exposed = time.perf_counter() - start
         self.failures = tuple(failures)
         state, metrics = self.compiled.update(state, rolled, rewards, steps_key)
-        return state, {**metrics, "host_wait_s": waited, "host_reward_s": scoring}
+        return state, {**metrics, "host_wait_s": waited, "host_reward_s": exposed}
 
 
 def check_host_layout(samples_per_chunk: int, mesh: Mesh) -> None:

@@ -216,7 +216,11 @@ def remote_reward(
         max_in_flight=max_in_flight,
         image_format=image_format,
         jpeg_quality=jpeg_quality,
-        client=httpx.Client(timeout=timeout_s, limits=httpx.Limits(max_connections=max_in_flight)),
+        # max_in_flight connections in all, also when several rollout chunks are scored at once; waiting
+        # for a free connection is not a timeout.
+        client=httpx.Client(
+            timeout=httpx.Timeout(timeout_s, pool=None), limits=httpx.Limits(max_connections=max_in_flight)
+        ),
     )
     info = client.info()
 
