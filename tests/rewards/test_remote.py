@@ -308,3 +308,19 @@ def test_train_command_with_nothing_listening_is_one_line(tmp_path):
     )
     line = one_line_error(out)
     assert line.startswith(f"error: reward 'remote' at {url}: /info failed: cannot connect"), line
+
+
+@pytest.mark.parametrize(
+    ("reward", "expected"),
+    [
+        ({"host_chunks": 3}, r"config.reward.host_chunks: must divide train.prompts_per_step = 4, got 3"),
+        ({"host_chunks": 0}, r"config.reward.host_chunks: must be >= 1, got 0"),
+        (
+            {"on_failure": "skip"},
+            r"config.reward.on_failure: must be one of 'error', 'drop_group', got 'skip'",
+        ),
+    ],
+)
+def test_host_reward_fields_are_validated(reward, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_config({"reward": reward, "train": {"prompts_per_step": 4}})
