@@ -41,7 +41,13 @@ from slas_jax import parallel, param_paths
 from slas_jax.advantages import compute_advantages_with_stats
 from slas_jax.config import AdvantageConfig, Config, LossConfig
 from slas_jax.losses import Transitions, policy_loss, select_timesteps
-from slas_jax.reward_mix import RewardMix, component_advantages, component_metrics, mixed_rewards
+from slas_jax.reward_mix import (
+    RewardMix,
+    component_advantages,
+    component_metrics,
+    finite_moments,
+    mixed_rewards,
+)
 from slas_jax.rollout import Denoiser, Trajectory, repeat_per_sample, sample_trajectories
 from slas_jax.samplers import Sampler
 
@@ -400,17 +406,13 @@ def step_metrics(
     out["first_ratio_max_dev"] = loss_metrics["ratio_max_dev"][0, 0, 0]
     out["first_kl"] = loss_metrics["kl"][0, 0, 0]
     out["grad_norm"] = jnp.mean(grad_norms)
-    finite = jnp.isfinite(rewards)
     if "dropped_groups" in advantage_stats:
-        kept = jnp.maximum(jnp.sum(finite), 1)
-        mean = jnp.sum(jnp.where(finite, rewards, 0.0)) / kept
-        out["reward_mean"] = mean
-        out["reward_std"] = jnp.sqrt(jnp.sum(jnp.where(finite, (rewards - mean) ** 2, 0.0)) / kept)
+        out["reward_mean"], out["reward_std"] = finite_moments(rewards)
         out["dropped_groups"] = advantage_stats["dropped_groups"]
     else:
         out["reward_mean"] = jnp.mean(rewards)
         out["reward_std"] = jnp.std(rewards)
-    out["reward_nonfinite"] = jnp.sum(~finite).astype(jnp.float32)
+    out["reward_nonfinite"] = jnp.sum(~jnp.isfinite(rewards)).astype(jnp.float32)
     out.update({k: v for k, v in advantage_stats.items() if k.startswith("reward/")})
     out["advantage_abs_mean"] = jnp.mean(jnp.abs(advantages))
     out["zero_std_fraction"] = advantage_stats["zero_std_fraction"]

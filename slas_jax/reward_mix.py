@@ -51,13 +51,19 @@ class RewardMix:
         )
 
 
-def _finite_standardize(x: jax.Array, eps: float) -> jax.Array:
-    """(x - mean) / (std + eps) over the finite entries of x (b,): a failed sample (NaN) stays NaN without
-    spoiling the statistics of the others."""
+def finite_moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The mean and population std () float32 of the finite entries of x (b,) (0 when there are none): a
+    failed sample (NaN) does not spoil the statistics of the others."""
     finite = jnp.isfinite(x)
     count = jnp.maximum(jnp.sum(finite), 1)
     mean = jnp.sum(jnp.where(finite, x, 0.0)) / count
-    std = jnp.sqrt(jnp.sum(jnp.where(finite, (x - mean) ** 2, 0.0)) / count)
+    return mean, jnp.sqrt(jnp.sum(jnp.where(finite, (x - mean) ** 2, 0.0)) / count)
+
+
+def _finite_standardize(x: jax.Array, eps: float) -> jax.Array:
+    """(x - mean) / (std + eps) over the finite entries of x (b,) (:func:`finite_moments`); a failed sample
+    stays NaN."""
+    mean, std = finite_moments(x)
     return (x - mean) / (std + eps)
 
 
@@ -105,9 +111,4 @@ def component_advantages(
 
 def component_metrics(components: jax.Array, mix: RewardMix) -> dict[str, jax.Array]:
     """``reward/<label>``: each component's mean over its finite raw scores, () float32."""
-    out = {}
-    for c, label in enumerate(mix.labels):
-        x = components[:, c]
-        finite = jnp.isfinite(x)
-        out[f"reward/{label}"] = jnp.sum(jnp.where(finite, x, 0.0)) / jnp.maximum(jnp.sum(finite), 1)
-    return out
+    return {f"reward/{label}": finite_moments(components[:, c])[0] for c, label in enumerate(mix.labels)}
