@@ -38,22 +38,14 @@ def repeat_rows(arrays: Mapping[str, np.ndarray], times: int) -> dict[str, np.nd
 
 @dataclass
 class EvalSet:
-    """A fixed set of evaluation prompts: texts, tokenised batch (device arrays) and host arrays."""
+    """A fixed set of evaluation prompts: texts, tokenised batch (device arrays), host arrays, and the
+    per-image batch of each reward that scores the set's images (``reward`` and the held-out labels)."""
 
     name: str
     prompts: list[str]
     batch: dict[str, Any]
     arrays: dict[str, np.ndarray]
-
-
-@dataclass(frozen=True)
-class HeldOutReward:
-    """A reward that watches without training: its jitted ``fn(params, images, batch)`` and what it needs."""
-
-    fn: Callable[[Any, jax.Array, Mapping[str, jax.Array]], jax.Array]
-    params: Any
-    prepare: Callable[[Sequence[str]], dict[str, np.ndarray]] | None
-    reads: tuple[str, ...]
+    reward_batches: dict[str, dict[str, np.ndarray]]
 
 
 def gain(value: float, baseline: tuple[float, float]) -> float:
@@ -95,15 +87,16 @@ class Evaluator:
                 return scores if mix is None else mixed_rewards(scores, mix)
 
             self.train_reward = jax.jit(train_reward)
-        self.held_out = {}
+        held_rewards = {}
         for label, spec in ec.rewards.items():
-            held = build_reward(spec["name"], spec.get("options", {}))
-            if held.fn is None:
+            held_rewards[label] = build_reward(spec["name"], spec.get("options", {}))
+            if held_rewards[label].fn is None:
                 raise ConfigError(
                     f"config.eval.rewards.{label}.name: {spec['name']!r} runs on the host; held-out rewards are "
                     "JAX rewards"
                 )
-            self.held_out[label] = HeldOutReward(jax.jit(held.fn), held.params, held.prepare, held.reads)
+        # Held-out rewards by label: the jitted fn and its parameters.
+        self.held_out = {label: (jax.jit(held.fn), held.params) for label, held in held_rewards.items()}
         self.sets = []
         self.baselines: dict[str, tuple[float, float]] = {}
         for name, source_config in ec.sets.items():
@@ -114,13 +107,20 @@ class Evaluator:
             readers = [(f"scorer {ec.scorer!r}", scorer.reads)] if scorer is not None else []
             if self.train_reward is not None:
                 readers.append((f"reward {config.reward.name!r}", reward.reads))
-            readers += [(f"held-out reward {label!r}", held.reads) for label, held in self.held_out.items()]
+            readers += [(f"held-out reward {label!r}", held.reads) for label, held in held_rewards.items()]
             for reader, reads in readers:
                 check_reads(
                     reads, source.arrays, reader, f"prompt source {source_config['name']!r}", f"{field}.name"
                 )
             prompts, arrays = source.batch(0, ec.num_prompts)
-            self.sets.append(EvalSet(name, prompts, prepare(prompts), arrays))
+            batch = prepare(prompts)
+            reward_batches = {}
+            if self.train_reward is not None:
+                reward_batches["reward"] = repeat_rows({**batch, **arrays}, ec.samples_per_prompt)
+            for label, held in held_rewards.items():
+                own = held.prepare(prompts) if held.prepare is not None else {}
+                reward_batches[label] = repeat_rows({**arrays, **own}, ec.samples_per_prompt)
+            self.sets.append(EvalSet(name, prompts, batch, arrays, reward_batches))
 
     def score_rollout(
         self, images: np.ndarray, arrays: Mapping[str, np.ndarray], group_size: int
@@ -141,15 +141,10 @@ class Evaluator:
 
     def rewards(self, frozen: Any, eval_set: EvalSet, images: np.ndarray) -> dict[str, np.ndarray]:
         """Per image (n,): the training reward (``reward``) and each held-out reward (by label)."""
-        spp = self.config.samples_per_prompt
         out = {}
-        if self.train_reward is not None:
-            batch = repeat_rows({**eval_set.batch, **eval_set.arrays}, spp)
-            out["reward"] = np.asarray(self.train_reward(frozen["reward"], images, batch))
-        for label, held in self.held_out.items():
-            own = held.prepare(eval_set.prompts) if held.prepare is not None else {}
-            batch = repeat_rows({**eval_set.arrays, **own}, spp)
-            out[label] = np.asarray(held.fn(held.params, images, batch))
+        for key, batch in eval_set.reward_batches.items():
+            fn, params = (self.train_reward, frozen["reward"]) if key == "reward" else self.held_out[key]
+            out[key] = np.asarray(fn(params, images, batch))
         return out
 
     def evaluate(self, params: Any, frozen: Any) -> tuple[dict[str, float], dict[str, np.ndarray]]:
