@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from sample_images import make_images
 
 from slas_jax.config import ConfigError
 from slas_jax.models.conversion import ConversionError
@@ -37,19 +38,6 @@ def write_clip_tokenizer(folder) -> None:
     vocab = [*letters, *(c + "</w>" for c in letters), *words, "<|startoftext|>", "<|endoftext|>"]
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-
-
-def make_images(shape: tuple[int, int], n: int, seed: int) -> np.ndarray:
-    """(n, h, w, 3) uint8: smooth random colour fields plus mild noise (natural-image-like frequencies)."""
-    rng = np.random.default_rng(seed)
-    h, w = shape
-    y, x = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
-    waves = [
-        np.sin(2 * np.pi * (rng.uniform(0.5, 2) * x + rng.uniform(0.5, 2) * y + rng.uniform()))
-        for _ in range(3 * n)
-    ]
-    smooth = 0.5 + 0.35 * np.stack(waves).reshape(n, 3, h, w).transpose(0, 2, 3, 1)
-    return np.clip(255 * (smooth + 0.03 * rng.standard_normal(smooth.shape)), 0, 255).round().astype(np.uint8)
 
 
 @pytest.fixture(scope="module")

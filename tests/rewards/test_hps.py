@@ -32,6 +32,7 @@ import transformers
 from cli_runner import ROOT, run_module
 from flax import nnx
 from PIL import Image
+from sample_images import make_images
 from tiny_checkpoints import perturbed
 
 from slas_jax import convert as convert_cli
@@ -159,19 +160,6 @@ def converted(refs, models, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def reward(converted):
     return build_reward("hps_v2", {"checkpoint": str(converted)})
-
-
-def make_images(shape: tuple[int, int], n: int, seed: int) -> np.ndarray:
-    """(n, h, w, 3) uint8 smooth colour fields with mild noise."""
-    rng = np.random.default_rng(seed)
-    h, w = shape
-    y, x = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
-    waves = [
-        np.sin(2 * np.pi * (rng.uniform(0.5, 2) * x + rng.uniform(0.5, 2) * y + rng.uniform()))
-        for _ in range(3 * n)
-    ]
-    smooth = 0.5 + 0.35 * np.stack(waves).reshape(n, 3, h, w).transpose(0, 2, 3, 1)
-    return np.clip(255 * (smooth + 0.03 * rng.standard_normal(smooth.shape)), 0, 255).round().astype(np.uint8)
 
 
 def reference_pixels(transform, images: np.ndarray) -> torch.Tensor:
