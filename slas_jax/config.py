@@ -235,7 +235,10 @@ class TrainConfig:
     """Every N steps (and at the end) the train state is saved for resuming; 0: never."""
     export_every: int = 0
     """Every N steps (and at the end) the policy is written as a weights folder,
-    ``output_dir/policy/step_<n>`` (``slas_jax.weights.export_policy``); 0: never."""
+    ``output_dir/policy/step_<n>`` (``slas_jax.weights.export_policy``: for resuming, ``load_policy`` and
+    ``model.init_checkpoint``); a model from a diffusers folder (``model.checkpoint``) also as a diffusers
+    pipeline folder ``output_dir/policy/step_<n>/diffusers`` that diffusers' ``from_pretrained`` loads
+    (``slas_jax.pipelines.export``); 0: never."""
     output_dir: str = "runs/default"
     """Where metrics, samples, checkpoints and exports go."""
 

@@ -30,6 +30,7 @@ from slas_jax.evaluate import Evaluator, save_curves, write_summary
 from slas_jax.metrics import MetricsWriter, to_python
 from slas_jax.models.conversion import ConversionError
 from slas_jax.pipelines import PipelineBundle, build_pipeline
+from slas_jax.pipelines.export import diffusers_source
 from slas_jax.rewards import Reward, build_reward, check_reads
 from slas_jax.rewards.host import HostScoredStep, check_host_layout
 from slas_jax.rewards.mix import build_mixed_reward
@@ -102,6 +103,8 @@ def run(config: Config) -> list[dict[str, float]]:
         raise ConfigError(f"config.mesh: {e}") from e
     prompts = build_prompt_source(config.data)
     bundle, reward = load_models(config, prompts.vocabulary)
+    if tc.export_every and config.model.checkpoint:
+        diffusers_source(config.model.checkpoint)  # the policy exports need it: refused now, not at step N
     check_reads(
         reward.reads,
         prompts.arrays,

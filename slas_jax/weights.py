@@ -5,7 +5,9 @@ them; ``model.init_checkpoint`` starts a run from one.
 A folder holds ``params/`` (Orbax, one array per parameter, keyed by its dotted pytree path under its group,
 e.g. ``backbone.x_embedder.kernel.value`` or ``text.text_model.final_layer_norm.scale.value``) and
 ``metadata.json`` (the ``model`` and ``sampler`` config sections, the prompt vocabulary of a word-level
-tokenizer, evaluation numbers, the parameter hash and the ``command`` that regenerates it).
+tokenizer, evaluation numbers, the parameter hash and the ``command`` that regenerates it). A policy of a
+model built from a diffusers folder also holds ``diffusers/``, the same backbone as a diffusers pipeline
+folder (:data:`DIFFUSERS_DIR`).
 :func:`restore_pretrained` puts a folder's ``backbone`` (and ``text``, when it holds one) into a
 :class:`~slas_jax.pipelines.PipelineBundle` built from the same config.
 """
@@ -29,10 +31,13 @@ import orbax.checkpoint as ocp
 from slas_jax.config import Config, json_ready, load_config
 from slas_jax.models.conversion import ConversionError
 from slas_jax.pipelines import PipelineBundle, build_pipeline
+from slas_jax.pipelines.export import export_diffusers
 
 PARAMS_DIR = "params"
 METADATA_FILE = "metadata.json"
 WRITTEN_BY = "a pretraining run or train.export_every"
+DIFFUSERS_DIR = "diffusers"
+"""The diffusers pipeline folder inside a policy export of a model built from a diffusers folder."""
 
 
 def _path_key(path: tuple[Any, ...]) -> str:
@@ -183,14 +188,22 @@ def export_policy(
     read, for every backbone: ``params`` (the backbone) and, for a randomly initialised model (no
     ``model.checkpoint``), ``frozen["text"]``, under the run's ``model`` and ``sampler`` sections, the
     prompt ``vocabulary`` of its word-level tokenizer and ``info`` (how it was trained) as
-    ``metadata["rl"]``. Returns the parameter hash. Gathers every leaf to this host, so it suits models that
-    fit one host's memory."""
+    ``metadata["rl"]``. A model built from a diffusers folder (``model.checkpoint``) is also written as a
+    diffusers pipeline folder, ``folder/diffusers`` (``slas_jax.pipelines.export``), that diffusers'
+    ``from_pretrained`` loads; ``metadata["diffusers"]`` names it. Returns the parameter hash. Gathers every
+    leaf to this host, so it suits models that fit one host's memory."""
     groups = {"backbone": jax.device_get(params)}
     if config.model.checkpoint is None and "text" in frozen:
         groups["text"] = jax.device_get(frozen["text"])
     digest = params_hash(groups)
     source = config.model.init_checkpoint or config.model.checkpoint
     model = dataclasses.replace(config.model, init_checkpoint=None)
+    diffusers = {}
+    if config.model.checkpoint is not None:
+        export_diffusers(
+            Path(folder) / DIFFUSERS_DIR, config.model.family, config.model.checkpoint, groups["backbone"]
+        )
+        diffusers = {"diffusers": DIFFUSERS_DIR}
     metadata = {
         "kind": "policy",
         "family": config.model.family,
@@ -200,6 +213,7 @@ def export_policy(
         "rl": {**info, "init_checkpoint": source},
         "num_params": {k: count_params(v) for k, v in groups.items()},
         "params_sha256": digest,
+        **diffusers,
     }
     save_checkpoint(folder, groups, metadata)
     return digest

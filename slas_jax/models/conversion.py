@@ -6,6 +6,10 @@ Conversion is checked against ``nnx.eval_shape`` of our model: every reference t
 explicitly ignored), every parameter must be filled exactly once, and every shape must agree. Any violation
 is a :class:`ConversionError` whose message names the tensor.
 
+The way back, for exports: :func:`export_tensors` inverts a conversion over the same rules (the reference
+names and shapes come from the checkpoint the model was converted from), :func:`write_safetensors` writes the
+result in ``save_pretrained``'s file layout.
+
 Reading is pure numpy (bfloat16 through ml_dtypes): torch is never imported here. A damaged file (a
 truncated or malformed safetensors file, a config.json that is not JSON) is a one-line ConversionError that
 names the file.
@@ -31,6 +35,7 @@ import jax
 import ml_dtypes
 import numpy as np
 from flax import nnx
+from safetensors.numpy import save_file
 
 from slas_jax.errors import UserError
 
@@ -166,6 +171,46 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
     }
 
 
+SAFETENSORS_INDEX = ".safetensors.index.json"
+MAX_SHARD_BYTES = 10 * 10**9
+"""diffusers' ``save_pretrained`` default shard size ("10GB")."""
+
+
+def write_safetensors(
+    folder: str | Path,
+    tensors: Mapping[str, np.ndarray],
+    stem: str,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
+) -> list[Path]:
+    """Writes ``tensors`` as ``save_pretrained`` lays them out: ``<stem>.safetensors``, or, past
+    ``max_shard_bytes``, shards ``<stem>-00001-of-0000N.safetensors`` (tensors in order, a shard closed
+    before it would pass the limit) with ``<stem>.safetensors.index.json`` (``metadata.total_size`` and the
+    ``weight_map``). Each file carries the metadata ``{"format": "pt"}`` that PyTorch writers add. Returns the
+    files written."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    for name, array in tensors.items():
+        if shards[-1] and size + array.nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = array
+        size += array.nbytes
+    if len(shards) == 1:
+        names = [f"{stem}.safetensors"]
+    else:
+        names = [f"{stem}-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+        index = {
+            "metadata": {"total_size": sum(a.nbytes for a in tensors.values())},
+            "weight_map": {name: file for file, shard in zip(names, shards, strict=True) for name in shard},
+        }
+        (folder / f"{stem}{SAFETENSORS_INDEX}").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    for file, shard in zip(names, shards, strict=True):
+        save_file(shard, str(folder / file), metadata={"format": "pt"})
+    return [folder / file for file in names]
+
+
 def _read_json(path: Path) -> Any:
     """A JSON file's content; a file that is not valid JSON is a one-line ConversionError naming it."""
     try:
@@ -182,7 +227,7 @@ def read_weights(folder: str | Path, *, what: str = "model") -> dict[str, np.nda
             f"{what} folder {folder} does not exist; expected a diffusers/transformers folder with "
             "config.json and *.safetensors"
         )
-    indexes = sorted(folder.glob("*.safetensors.index.json"))
+    indexes = sorted(folder.glob(f"*{SAFETENSORS_INDEX}"))
     if indexes:
         index = _read_json(indexes[0])
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
@@ -236,6 +281,23 @@ def _resolve(target: str, params: Mapping[str, Any]) -> str:
     return f"{path}@{index}" if index else path
 
 
+def _route(
+    name: str, compiled: Sequence[tuple[re.Pattern[str], Rule]], params: Mapping[str, Any], source: str
+) -> tuple[Rule, list[str]]:
+    """The first rule matching the reference tensor ``name`` and its resolved targets (``path`` or
+    ``path@layer``)."""
+    match = next(((m, rule) for regex, rule in compiled if (m := regex.search(name))), None)
+    if match is None:
+        raise ConversionError(f"{source}: tensor {name} matches no conversion rule")
+    m, rule = match
+    templates = rule.target if isinstance(rule.target, tuple) else (rule.target,)
+    return rule, [_resolve(m.expand(t), params) for t in templates]
+
+
+def _leaf(target: str) -> str:
+    return target.partition("@")[0].rsplit(".", 1)[-1]
+
+
 def convert_tensors(
     tensors: Mapping[str, np.ndarray],
     rules: Sequence[Rule],
@@ -258,18 +320,13 @@ def convert_tensors(
     for name, array in tensors.items():
         if any(r.search(name) for r in ignore_res):
             continue
-        match = next(((m, rule) for regex, rule in compiled if (m := regex.search(name))), None)
-        if match is None:
-            raise ConversionError(f"{source}: tensor {name} matches no conversion rule")
-        m, rule = match
-        templates = rule.target if isinstance(rule.target, tuple) else (rule.target,)
-        targets = [_resolve(m.expand(t), params) for t in templates]
+        rule, targets = _route(name, compiled, params, source)
         array = np.asarray(array)
         if rule.transform is not None:
             outs = rule.transform(array)
             outs = outs if isinstance(outs, tuple) else (outs,)
         else:
-            outs = tuple(auto_layout(array, t.partition("@")[0].rsplit(".", 1)[-1]) for t in targets)
+            outs = tuple(auto_layout(array, _leaf(t)) for t in targets)
         if len(outs) != len(targets):
             raise ConversionError(
                 f"{source}: rule for {name} gives {len(outs)} arrays for {len(targets)} targets"
@@ -308,6 +365,68 @@ def convert_tensors(
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise ConversionError(f"{source}: parameter {missing[0]}{more} is not filled by any tensor")
     return _unflatten_into(abstract_state, {p: a.astype(params[p].dtype) for p, a in filled.items()})
+
+
+def reference_layout(array: np.ndarray, leaf: str) -> np.ndarray:
+    """The inverse of :func:`auto_layout`: Flax -> PyTorch layout of a parameter leaf ``leaf``."""
+    if leaf == "kernel" and array.ndim == 4:
+        return np.transpose(array, (3, 2, 0, 1))
+    if leaf == "kernel" and array.ndim == 2:
+        return array.T
+    return array
+
+
+def export_tensors(
+    state: nnx.State,
+    shapes: Mapping[str, Sequence[int]],
+    rules: Sequence[Rule],
+    *,
+    ignore: Iterable[str] = (),
+    source: str = "checkpoint",
+) -> dict[str, np.ndarray]:
+    """The inverse of :func:`convert_tensors` over the same rules: the reference tensors named in ``shapes``
+    (reference name -> shape: those of the checkpoint ``state``'s structure was converted from), each cut
+    from the parameter (or the layer of a stacked one) that the rules map it to and put back into the
+    reference layout, contiguous, in the parameter's dtype. Converting the result with the same rules
+    gives ``state`` back bit for bit.
+
+    Ignored names are not written. Rules with a ``transform`` (a function, which has no inverse here) are
+    refused, and so are a shape that differs from ``shapes``' and a parameter (or layer) used twice or
+    never: a ConversionError naming the tensor or the parameter.
+    """
+    params = {path: np.asarray(value) for path, value in _flat_paths(state).items()}
+    ignore_res = [re.compile(p) for p in ignore]
+    compiled = [(re.compile(rule.pattern), rule) for rule in rules]
+    out: dict[str, np.ndarray] = {}
+    used: dict[str, set[int | None]] = {}
+    for name, shape in shapes.items():
+        if any(r.search(name) for r in ignore_res):
+            continue
+        rule, targets = _route(name, compiled, params, source)
+        if rule.transform is not None or len(targets) != 1:
+            raise ConversionError(
+                f"{source}: tensor {name} is converted by a transform function, which cannot be inverted"
+            )
+        path, _, index = targets[0].partition("@")
+        if path not in params:
+            raise ConversionError(f"{source}: tensor {name} maps to {path}, which the model does not have")
+        layer = int(index) if index else None
+        if layer in used.setdefault(path, set()):
+            raise ConversionError(f"{source}: {targets[0]} is written twice (second time as {name})")
+        used[path].add(layer)
+        array = reference_layout(params[path] if layer is None else params[path][layer], _leaf(path))
+        if tuple(array.shape) != tuple(shape):
+            raise ConversionError(
+                f"{source}: tensor {name} comes out {tuple(array.shape)} from {targets[0]}, the checkpoint "
+                f"has {tuple(shape)}"
+            )
+        out[name] = np.ascontiguousarray(array)
+    whole = {None}
+    for path, value in params.items():
+        # A parameter is written whole, or (a stacked one) layer by layer, every layer once.
+        if used.get(path) not in (whole, set(range(value.shape[0])) if value.ndim else whole):
+            raise ConversionError(f"{source}: parameter {path} is not written (fully) to any tensor")
+    return out
 
 
 def _unflatten_into(abstract_state: nnx.State, flat: Mapping[str, np.ndarray]) -> nnx.State:

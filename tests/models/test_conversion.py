@@ -247,3 +247,62 @@ def test_empty_tensors_read_without_data(tmp_path):
     save_file({"empty": np.zeros((0, 3), np.float32)}, tmp_path / "empty.safetensors")
     tensors = conversion.read_safetensors(tmp_path / "empty.safetensors")
     assert tensors["empty"].shape == (0, 3) and tensors["empty"].dtype == np.float32
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The way back (exports): inverting a conversion, writing save_pretrained's file layout.
+
+
+def shapes_of(tensors: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+    return {name: array.shape for name, array in tensors.items()}
+
+
+def test_export_refuses_rules_whose_transform_it_cannot_invert(checkpoint):
+    """The VAE's attention kernels are converted by a function (1x1 convolutions of old checkpoints): the
+    export names the tensor instead of guessing."""
+    state = nnx.state(load(checkpoint))
+    with pytest.raises(
+        ConversionError, match=r"tiny vae: tensor \S*attentions\.0\.\S* is converted by a transform"
+    ):
+        conversion.export_tensors(state, shapes_of(checkpoint), vae.CONVERSION_RULES, source="tiny vae")
+
+
+def test_export_names_a_parameter_that_no_reference_tensor_receives(checkpoint):
+    state = nnx.state(load(checkpoint))
+    with pytest.raises(ConversionError, match=r"parameter \S*attentions\.0\.\S* is not written"):
+        conversion.export_tensors(
+            state, shapes_of(checkpoint), vae.CONVERSION_RULES, ignore=[r"attentions"], source="tiny vae"
+        )
+
+
+def test_export_checks_each_shape_against_the_checkpoint(checkpoint):
+    state = nnx.state(load(checkpoint))
+    shapes = {**shapes_of(checkpoint), "encoder.conv_in.weight": (1, 2, 3, 4)}
+    with pytest.raises(ConversionError, match=r"encoder\.conv_in\.weight comes out \(8, 3, 3, 3\)"):
+        conversion.export_tensors(state, shapes, vae.CONVERSION_RULES, ignore=[r"attentions"])
+
+
+@pytest.mark.parametrize("max_shard_bytes", [conversion.MAX_SHARD_BYTES, 2000])
+def test_written_safetensors_read_back_as_written(tmp_path, checkpoint, max_shard_bytes):
+    """One file, or save_pretrained's shards with their index; either reads back tensor for tensor."""
+    files = conversion.write_safetensors(tmp_path, checkpoint, "diffusion_pytorch_model", max_shard_bytes)
+    if max_shard_bytes == conversion.MAX_SHARD_BYTES:
+        assert [f.name for f in files] == ["diffusion_pytorch_model.safetensors"]
+    else:
+        assert (
+            len(files) > 2
+            and files[0].name == f"diffusion_pytorch_model-00001-of-{len(files):05d}.safetensors"
+        )
+        index = json.loads((tmp_path / "diffusion_pytorch_model.safetensors.index.json").read_text())
+        assert index["metadata"]["total_size"] == sum(a.nbytes for a in checkpoint.values())
+        assert set(index["weight_map"]) == set(checkpoint)
+        shards: dict[str, list[str]] = {}
+        for name, file in index["weight_map"].items():
+            shards.setdefault(file, []).append(name)
+        assert sorted(shards) == [f.name for f in files]
+        for names in shards.values():  # within the limit, or a tensor larger than it alone
+            assert len(names) == 1 or sum(checkpoint[n].nbytes for n in names) <= max_shard_bytes
+    back = conversion.read_weights(tmp_path)
+    assert back.keys() == checkpoint.keys()
+    for name, array in checkpoint.items():
+        np.testing.assert_array_equal(back[name], array)
