@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from slas_jax.models import cpu_convolution
+
 Axes = tuple[str | None, ...]
 
 _LECUN_NORMAL = nnx.initializers.lecun_normal()
@@ -67,7 +69,8 @@ def conv(
     dtype: jnp.dtype | None = None,
     param_dtype: jnp.dtype = jnp.float32,
 ) -> nnx.Conv:
-    """2-D convolution on NHWC inputs, kernel (kh, kw, in, out); padding defaults to PyTorch's k // 2."""
+    """2-D convolution on NHWC inputs, kernel (kh, kw, in, out); padding defaults to PyTorch's k // 2. On CPU
+    its gradient keeps Eigen's fast path inside loops (:mod:`slas_jax.models.cpu_convolution`)."""
     pad = kernel_size // 2 if padding is None else padding
     pad_arg: str | Sequence[tuple[int, int]] = pad if isinstance(pad, str) else ((pad, pad), (pad, pad))
     return nnx.Conv(
@@ -81,6 +84,11 @@ def conv(
         param_dtype=param_dtype,
         kernel_init=with_axes(nnx.initializers.lecun_normal(), (None, None, "conv_in", "conv_out")),
         bias_init=with_axes(nnx.initializers.zeros_init(), ("conv_out",)),
+        conv_general_dilated=(
+            cpu_convolution.conv_general_dilated
+            if jax.default_backend() == "cpu"
+            else jax.lax.conv_general_dilated
+        ),
         rngs=rngs,
     )
 
