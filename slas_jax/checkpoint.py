@@ -80,5 +80,30 @@ class Checkpointer:
         }
         return state.replace(**values), dict(restored["extra"])
 
+    def restore_params(self, params: Any) -> tuple[int, Any]:
+        """(step, params) of the latest checkpoint: only the policy's parameters, restored into the structure
+        of ``params`` (e.g. a freshly built backbone) on the shardings its leaves have; the optimizer state,
+        twice the parameters' size, is never read (what ``python -m slas_jax.evaluate --run_dir`` samples)."""
+        step = self.manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.manager.directory}")
+        abstract = _flatten(
+            {
+                "params": jax.tree.map(
+                    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), params
+                )
+            }
+        )
+        restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding), abstract)
+        # The state item was written by StandardSave, a PyTree checkpoint: read directly, it restores a subset.
+        leaves = ocp.PyTreeCheckpointer().restore(
+            Path(self.manager.directory) / str(step) / "state",
+            args=ocp.args.PyTreeRestore(abstract, restore_args=restore_args, partial_restore=True),
+        )
+        restored = jax.tree_util.tree_map_with_path(
+            lambda path, _leaf: leaves[_key((jax.tree_util.DictKey("params"), *path))], params
+        )
+        return step, restored
+
     def close(self) -> None:
         self.manager.close()

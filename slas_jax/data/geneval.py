@@ -9,6 +9,9 @@ from typing import Any
 
 RELATIONS = ("left of", "right of", "above", "below")
 TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+TAG_KEY = "geneval_tag"
+"""The per-prompt array a source with GenEval metadata may provide: (n,) int32 indices into :data:`TAGS`, by
+which benchmarks break scores down per category."""
 
 
 @dataclass(frozen=True)
