@@ -89,26 +89,43 @@ def sample_trajectories(
     """Samples ``group_size`` trajectories for each prompt.
 
     cond: pytree with leading axis num_prompts; uncond: pytree with leading axis 1 (the empty prompt), used
-    only when guidance_scale != 1. Sample b belongs to prompt b // group_size.
+    only when guidance_scale != 1. Sample b belongs to prompt b // group_size. With ``same_noise_in_group``
+    and an SDE window the deterministic steps before the window run once per prompt and the group branches
+    at the window (:func:`shared_steps`): the same trajectories up to float rounding, with the work of those
+    steps divided by ``group_size``.
     """
     num_prompts = jax.tree.leaves(cond)[0].shape[0]
-    batch = num_prompts * group_size
-    cond_b = repeat_per_sample(cond, group_size)
-    uncond_b = jax.tree.map(lambda a: jnp.broadcast_to(a, (batch, *a.shape[1:])), uncond)
     noise_key, step_key = jax.random.split(key)
     x0 = initial_noise(noise_key, num_prompts, group_size, latent_shape, same_in_group=same_noise_in_group)
+    shared = shared_steps(sampler, group_size, same_noise_in_group=same_noise_in_group)
 
-    def body(carry, i):
-        x, _ = carry
-        t = jnp.broadcast_to(sampler.model_time(i), (batch,))
-        pred = guided_prediction(denoise, params, x, t, cond_b, uncond_b, guidance_scale)
-        x_next, log_prob, _, _ = sampler.step(pred, i, x, key=jax.random.fold_in(step_key, i))
-        return (x_next, sampler.predict_x0(pred, i, x)), (x, x_next, log_prob)
+    def run(x: jax.Array, prediction: jax.Array, cond_x: Any, steps: jax.Array) -> tuple[Any, Any]:
+        n = x.shape[0]
+        uncond_x = jax.tree.map(lambda a: jnp.broadcast_to(a, (n, *a.shape[1:])), uncond)
 
-    init = (x0.astype(dtype), jnp.zeros(x0.shape, jnp.float32))
-    (final, final_prediction), (latents, next_latents, log_probs) = jax.lax.scan(
-        body, init, jnp.arange(sampler.num_steps)
+        def body(carry, i):
+            x, _ = carry
+            t = jnp.broadcast_to(sampler.model_time(i), (n,))
+            pred = guided_prediction(denoise, params, x, t, cond_x, uncond_x, guidance_scale)
+            x_next, log_prob, _, _ = sampler.step(pred, i, x, key=jax.random.fold_in(step_key, i))
+            return (x_next, sampler.predict_x0(pred, i, x)), (x, x_next, log_prob)
+
+        return jax.lax.scan(body, (x, prediction), steps)
+
+    x = x0.astype(dtype)
+    prediction = jnp.zeros(x0.shape, jnp.float32)
+    prefix = None
+    if shared:
+        # The group's samples are one trajectory until the first noisy step: compute it once per prompt.
+        (x, prediction), prefix = run(x[::group_size], prediction[::group_size], cond, jnp.arange(shared))
+        x, prediction = repeat_per_sample((x, prediction), group_size)
+        prefix = jax.tree.map(lambda a: jnp.repeat(a, group_size, axis=1), prefix)
+    (final, final_prediction), stacked = run(
+        x, prediction, repeat_per_sample(cond, group_size), jnp.arange(shared, sampler.num_steps)
     )
+    if prefix is not None:
+        stacked = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), prefix, stacked)
+    latents, next_latents, log_probs = stacked
     return Trajectory(
         latents=jnp.swapaxes(latents, 0, 1),
         next_latents=jnp.swapaxes(next_latents, 0, 1),
@@ -116,3 +133,12 @@ def sample_trajectories(
         final=final,
         final_prediction=final_prediction,
     )
+
+
+def shared_steps(sampler: Sampler, group_size: int, *, same_noise_in_group: bool) -> int:
+    """How many leading steps a group's samples share: with one initial noise per group, every step before
+    the sampler's SDE window is deterministic and the same for the whole group (0 otherwise)."""
+    window = sampler.sde_window
+    if not same_noise_in_group or window is None or group_size == 1:
+        return 0
+    return min(window[0], sampler.num_steps)

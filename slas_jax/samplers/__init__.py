@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 class Sampler(Protocol):
     """The interface the rollout and the policy loss use."""
 
+    sde_window: tuple[int, int] | None
+    """The step indices [start, end) that draw noise, the others deterministic; None: every step draws."""
+
     @property
     def num_steps(self) -> int: ...
 
