@@ -16,21 +16,25 @@ import json
 import os
 import shlex
 import subprocess
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from PIL import Image
 from tqdm import tqdm
 
 from slas_jax import parallel
-from slas_jax.config import json_ready
+from slas_jax.config import SamplerConfig, json_ready
 from slas_jax.errors import UserError
 from slas_jax.evaluate.generation import make_image_sampler
 from slas_jax.evaluate.model import EvalModel
+from slas_jax.grpo import Pipeline
 
 MANIFEST = "manifest.json"
 KEY_RULE = "fold_in(fold_in(PRNGKey(seed), prompt_index), image_index)"
@@ -98,6 +102,17 @@ def own_share(jobs: Sequence[ImageJob], process_index: int, process_count: int) 
     return [job for job in jobs if order[job.prompt_index] % process_count == process_index]
 
 
+_SAMPLER: list[tuple[Pipeline, SamplerConfig, Callable[..., jax.Array]]] = []
+
+
+def _sampler(pipeline: Pipeline, sampler: SamplerConfig) -> Callable[..., jax.Array]:
+    """``make_image_sampler``, the last one reused (with its compilations) while the pipeline object and the
+    sampler settings are the same: repeated commands in one process (a notebook, the tests) compile once."""
+    if not (_SAMPLER and _SAMPLER[0][0] is pipeline and _SAMPLER[0][1] == sampler):
+        _SAMPLER[:] = [(pipeline, sampler, make_image_sampler(pipeline, sampler))]
+    return _SAMPLER[0][2]
+
+
 def generate(
     model: EvalModel, jobs: Sequence[ImageJob], *, seed: int, batch_size: int, desc: str
 ) -> Generated:
@@ -117,7 +132,7 @@ def generate(
         if problem is None:
             done.kept += 1
             continue
-        tqdm.write(f"warning: {job.path}: {problem}; regenerating it")
+        tqdm.write(f"warning: {job.path}: {problem}; regenerating it", file=sys.stderr)
         done.replaced += 1
         todo.append(job)
     if not todo:
@@ -134,7 +149,8 @@ def generate(
     frozen_shardings = jax.tree.map(lambda _: parallel.replicated(mesh), bundle.frozen)
     params = jax.device_put(bundle.params, param_shardings)
     frozen = jax.device_put(bundle.frozen, frozen_shardings)
-    sample = make_image_sampler(bundle, config, mesh, param_shardings, frozen_shardings)
+    sample = _sampler(bundle.pipeline, config.sampler)
+    rows = NamedSharding(mesh, P(parallel.BATCH_AXES))
     devices = mesh.shape["data"] * mesh.shape["fsdp"]
     size = -(-batch_size // devices) * devices
     with tqdm(total=len(todo), desc=desc, unit="image", disable=jax.process_index() != 0) as bar:
@@ -143,7 +159,9 @@ def generate(
             padded = part + [part[0]] * (size - len(part))  # one compiled shape for every batch
             batch_tokens = np.stack([tokens[job.prompt] for job in padded])
             keys = np.stack([np.asarray(image_key(seed, j.prompt_index, j.image_index)) for j in padded])
-            images = to_uint8(jax.device_get(sample(params, frozen, batch_tokens, keys)))
+            images = to_uint8(
+                jax.device_get(sample(params, frozen, *jax.device_put((batch_tokens, keys), rows)))
+            )
             for job, pixels in zip(part, images, strict=False):
                 write_png(job.path, pixels)
                 done.written.append(job.path)

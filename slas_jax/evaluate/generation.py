@@ -9,12 +9,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from slas_jax import parallel
-from slas_jax.config import Config
-from slas_jax.grpo import make_generate, rollout
+from slas_jax.config import Config, SamplerConfig
+from slas_jax.grpo import Pipeline, make_generate, rollout
 from slas_jax.pipelines import PipelineBundle
 
 
@@ -53,36 +50,28 @@ def generate_images(
     return np.concatenate(out)
 
 
-def make_image_sampler(
-    bundle: PipelineBundle, config: Config, mesh: Mesh, param_shardings: Any, frozen_shardings: Any
-) -> Callable[[Any, Any, jax.Array, jax.Array], jax.Array]:
-    """A jitted ``(params, frozen, tokens (B, L) int32, keys (B,) PRNG keys) -> images (B, h, w, 3) float32
-    in [0, 1]``: image b is the run's sampler (steps, noise, CFG, decode; ``grpo.rollout`` with one sample
+def make_image_sampler(pipeline: Pipeline, sampler: SamplerConfig) -> Callable[..., jax.Array]:
+    """A jitted ``(params, frozen, tokens (B, L) int32, keys (B, 2) uint32) -> images (B, h, w, 3) float32
+    in [0, 1]``: image b is the sampler's rollout (steps, noise, CFG, decode; ``grpo.rollout`` with one sample
     per prompt) on prompt row b with all its noise drawn from ``keys[b]``.
 
     Each image is its own rollout under ``jax.vmap``, so it does not depend on the batch it was drawn in (its
-    size, its other rows, its position): a benchmark can regenerate any single image. The batch is split over
-    the mesh's data x fsdp devices (B a multiple of their count); parameters keep ``param_shardings``.
+    size, its other rows, its position): a benchmark can regenerate any single image. Shardings follow the
+    arguments (e.g. the rows split over the mesh's batch axes, parameters on theirs).
     """
-    sc = config.sampler
 
     def one_image(params: Any, frozen: Any, tokens: jax.Array, key: jax.Array) -> jax.Array:
         *_, images = rollout(
-            bundle.pipeline,
+            pipeline,
             params,
             frozen,
             {"tokens": tokens[None]},
             key,
             group_size=1,
-            guidance_scale=sc.guidance_scale,
+            guidance_scale=sampler.guidance_scale,
             same_noise_in_group=False,
-            decode=sc.decode,
+            decode=sampler.decode,
         )
         return images[0]
 
-    rows = NamedSharding(mesh, P(parallel.BATCH_AXES))
-    return jax.jit(
-        jax.vmap(one_image, in_axes=(None, None, 0, 0)),
-        in_shardings=(param_shardings, frozen_shardings, rows, rows),
-        out_shardings=rows,
-    )
+    return jax.jit(jax.vmap(one_image, in_axes=(None, None, 0, 0)))
