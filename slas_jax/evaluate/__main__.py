@@ -19,7 +19,8 @@ Image j of the prompt at index p is drawn from key fold_in(fold_in(PRNGKey(seed)
 whatever the batch, devices, hosts or files already present. A rerun skips the valid images (a damaged one
 is regenerated, with a warning line), so an interrupted export resumes; ``--check_only`` only verifies.
 Each host takes its share of the prompts (``--multihost`` joins a multi-host run), each batch is split over
-the host's devices. ``<out>/manifest.json`` records counts, seeds, model and command.
+the host's devices. ``manifest.json`` (in ``<out>``, for unigenbench in the image folder) records counts,
+seeds, model and command.
 """
 
 from __future__ import annotations
