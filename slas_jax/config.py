@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib.util
 import inspect
 import itertools
 import math
@@ -241,6 +242,11 @@ class TrainConfig:
     (``slas_jax.pipelines.export``); 0: never."""
     output_dir: str = "runs/default"
     """Where metrics, samples, checkpoints and exports go."""
+    tensorboard: bool = True
+    """Every logged metric also as TensorBoard event files in ``output_dir/tensorboard`` (process 0)."""
+    wandb_project: str | None = None
+    """Every logged metric also to this Weights & Biases project (process 0; needs the ``wandb`` extra,
+    ``pip install 'slas-jax[wandb]'``); None: no W&B."""
 
     def validate(self, name: str) -> None:
         require(self.num_steps >= 1, f"{name}.num_steps", "must be >= 1")
@@ -257,6 +263,11 @@ class TrainConfig:
             "checkpoint_every and export_every must be >= 0 (0: never)",
         )
         require(self.grad_accum_steps >= 1, f"{name}.grad_accum_steps", "must be >= 1")
+        require(
+            not self.wandb_project or importlib.util.find_spec("wandb") is not None,
+            f"{name}.wandb_project",
+            "needs wandb, which is not installed: pip install 'slas-jax[wandb]'",
+        )
         samples = self.prompts_per_step * self.group_size
         per_update = self.micro_batch_size * self.grad_accum_steps
         require(
@@ -388,16 +399,18 @@ class DataConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig:
-    """Evaluation beside the training reward (off when neither ``scorer`` nor ``rewards`` is set)."""
+    """Evaluation beside the training reward: on when a scorer, held-out rewards or fixed sets are set, and
+    for every run of a diffusers-folder backbone (``model.checkpoint``) with a JAX training reward
+    (``slas_jax.evaluate.fixed_sets.evaluates``); it writes the sample grids, curves and ``summary.md``."""
 
     scorer: str | None = None
     """Registered host ground-truth scorer (``slas_jax.scorers.SCORERS``) applied to every step's rollout
-    samples and to the fixed sets; None or "": no evaluation."""
+    samples and to the fixed sets; None or "": none."""
     every: int = 10
     """Steps between evaluations of the fixed sets, >= 1."""
     sets: Mapping[str, Any] = field(default_factory=dict)
-    """Fixed prompt sets by name, each ``{"name": source, "options": {...}}`` (e.g. in-domain and held-out).
-    """
+    """Fixed prompt sets by name, each ``{"name": source, "options": {...}}`` (e.g. in-domain and held-out);
+    none: the set "train", the first ``num_prompts`` prompts of the training source (``data``)."""
     rewards: Mapping[str, Any] = field(default_factory=dict)
     """Held-out rewards by label, each ``{"name", "options"}`` (registered JAX rewards that do not train, e.g.
     PickScore and CLIP score beside an HPS-v2.1 run), scored on every fixed set's images as ``<set>/<label>``
@@ -424,9 +437,6 @@ class EvalConfig:
             from slas_jax.scorers import SCORERS
 
             SCORERS.get(self.scorer, f"{name}.scorer")
-        require(
-            not self.rewards or self.sets, f"{name}.rewards", "need eval.sets to score (fixed prompt sets)"
-        )
         for label, spec in self.rewards.items():
             where = f"{name}.rewards.{label}"
             require(

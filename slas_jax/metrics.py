@@ -1,14 +1,25 @@
-"""Run outputs at the edge: metrics as JSON lines and a one-line progress summary."""
+"""Run outputs at the edge: each logged step's metrics fanned out by one :class:`MetricsWriter` to its
+backends: JSON lines (``metrics.jsonl``, always), TensorBoard event files (tensorboardX, which needs no
+TensorFlow) and Weights & Biases (the ``wandb`` extra, imported only when a run asks for it).
+
+A backend has ``write(step, metrics)`` and ``close()``. Resuming at ``start_step`` forgets what an earlier
+process logged for steps >= start_step in each backend that can (those steps run again).
+"""
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+
+TENSORBOARD_DIR = "tensorboard"
+WANDB_RUN_ID = "wandb_run_id"
+"""The file in the run folder that keeps the W&B run's id, so that a resumed run logs into the same run."""
 
 
 def to_python(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -16,8 +27,16 @@ def to_python(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {name: float(np.asarray(value)) for name, value in metrics.items()}
 
 
-class MetricsWriter:
-    """Appends one JSON object per logged step to ``<run folder>/metrics.jsonl``.
+class MetricsBackend(Protocol):
+    """Where a run's scalars go."""
+
+    def write(self, step: int, metrics: Mapping[str, float]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JsonLines:
+    """Appends one JSON object per logged step to ``path`` (NaN as null).
 
     A run starting at ``start_step`` (0 for a fresh run, the restored step when resuming) first drops the
     file's records of steps >= start_step: those steps are about to run again, and a fresh run in an old run
@@ -35,6 +54,92 @@ class MetricsWriter:
         record = {"step": step, **{k: (None if math.isnan(v) else v) for k, v in metrics.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+
+    def close(self) -> None:
+        """Nothing stays open between writes."""
+
+
+class TensorBoard:
+    """Every metric as a TensorBoard scalar (tag = metric name) in event files under ``folder``. A resumed
+    run (``start_step`` > 0) tells TensorBoard to discard the earlier events of steps >= start_step
+    (``purge_step``)."""
+
+    def __init__(self, folder: str | Path, start_step: int = 0):
+        from tensorboardX import SummaryWriter
+
+        self.writer = SummaryWriter(str(folder), purge_step=start_step or None)
+
+    def write(self, step: int, metrics: Mapping[str, float]) -> None:
+        for name, value in metrics.items():
+            self.writer.add_scalar(name, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandB:
+    """Every metric logged to the Weights & Biases run of ``project`` at its step; ``config`` (the run's
+    config as JSON) becomes the W&B run config, ``folder`` holds wandb's files (``folder/wandb``) and the
+    run id. A fresh run (``start_step`` 0) starts a new W&B run; a resumed one continues the same run
+    (wandb keeps the steps it already has: ``resume="allow"``)."""
+
+    def __init__(self, project: str, folder: str | Path, config: Mapping[str, Any], start_step: int = 0):
+        import wandb  # the optional extra; Config.validate checked that it is installed
+
+        folder = Path(folder)
+        id_file = folder / WANDB_RUN_ID
+        if start_step == 0 or not id_file.is_file():
+            id_file.write_text(uuid.uuid4().hex[:16])
+        self.run = wandb.init(
+            project=project,
+            name=folder.absolute().name,
+            dir=str(folder),
+            config=dict(config),
+            id=id_file.read_text().strip(),
+            resume="allow",
+        )
+
+    def write(self, step: int, metrics: Mapping[str, float]) -> None:
+        self.run.log(dict(metrics), step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class MetricsWriter:
+    """Fans each logged step out to ``backends``; ``close`` closes them all (call it when the run ends, also
+    on failure, so event files are flushed)."""
+
+    def __init__(self, backends: Sequence[MetricsBackend]):
+        self.backends = list(backends)
+
+    def write(self, step: int, metrics: Mapping[str, float]) -> None:
+        for backend in self.backends:
+            backend.write(step, metrics)
+
+    def close(self) -> None:
+        for backend in self.backends:
+            backend.close()
+
+
+def open_metrics(
+    folder: str | Path,
+    start_step: int = 0,
+    *,
+    tensorboard: bool = False,
+    wandb_project: str | None = None,
+    config: Mapping[str, Any] | None = None,
+) -> MetricsWriter:
+    """The writer of a run folder: ``folder/metrics.jsonl``, TensorBoard events in ``folder/tensorboard``
+    when ``tensorboard``, the W&B run of ``wandb_project`` (with ``config``) when set."""
+    folder = Path(folder)
+    backends: list[MetricsBackend] = [JsonLines(folder / "metrics.jsonl", start_step)]
+    if tensorboard:
+        backends.append(TensorBoard(folder / TENSORBOARD_DIR, start_step))
+    if wandb_project:
+        backends.append(WandB(wandb_project, folder, config or {}, start_step))
+    return MetricsWriter(backends)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

@@ -23,11 +23,12 @@ from tqdm import tqdm
 from slas_jax import grpo, parallel
 from slas_jax.checkpoint import Checkpointer
 from slas_jax.cli import USER_ERRORS, Command, Parsed, one_line
-from slas_jax.config import MIXED_REWARD, Config, ConfigError, describe_config, load_config
+from slas_jax.config import MIXED_REWARD, Config, ConfigError, describe_config, json_ready, load_config
 from slas_jax.data import build_prompt_source
 from slas_jax.errors import RewardError
 from slas_jax.evaluate import Evaluator, save_curves, write_summary
-from slas_jax.metrics import MetricsWriter, to_python
+from slas_jax.evaluate.fixed_sets import evaluates
+from slas_jax.metrics import open_metrics, to_python
 from slas_jax.models.conversion import ConversionError
 from slas_jax.pipelines import PipelineBundle, build_pipeline
 from slas_jax.pipelines.export import diffusers_source
@@ -132,15 +133,21 @@ def run(config: Config) -> list[dict[str, float]]:
         return texts, {**prepare(texts), **arrays}
 
     out_dir = Path(tc.output_dir)
-    evaluated = config.eval.scorer or config.eval.rewards
-    evaluator = Evaluator(config, bundle, prepare, reward) if evaluated else None
+    evaluator = Evaluator(config, bundle, prepare, reward) if evaluates(config, reward) else None
     train_step = build_step(config, bundle.pipeline, reward, tx, state, shardings, make_batch(0)[1], mesh)
     host_step = train_step if isinstance(train_step, HostScoredStep) else None
     checkpointer = Checkpointer(out_dir / "checkpoints") if tc.checkpoint_every else None
     if checkpointer is not None and checkpointer.latest_step() is not None:
         state, _ = checkpointer.restore(state, shardings)
         tqdm.write(f"resumed from step {int(state.step)} in {out_dir}/checkpoints")
-    writer = MetricsWriter(out_dir / "metrics.jsonl", start_step=int(state.step))
+    primary = jax.process_index() == 0  # one TensorBoard / W&B log per run, not one per host
+    writer = open_metrics(
+        out_dir,
+        int(state.step),
+        tensorboard=tc.tensorboard and primary,
+        wandb_project=tc.wandb_project if primary else None,
+        config=json_ready(config),
+    )
     before, eval_images = {}, {}
     if evaluator is not None:
         before, eval_images = evaluator.evaluate(state.params, state.frozen)
@@ -204,9 +211,14 @@ def run(config: Config) -> list[dict[str, float]]:
             f"after {int(state.step)} GRPO steps ({config.advantage.method})",
         )
         save_curves(
-            history, before, out_dir / "curves.png", f"{config.advantage.method}: reward {config.reward.name}"
+            history,
+            before,
+            out_dir / "curves.png",
+            f"{config.advantage.method}: reward {config.reward.name}",
+            held_out=tuple(config.eval.rewards),
         )
         write_summary(out_dir / "summary.md", config, history, before, after, time.perf_counter() - started)
+    writer.close()
     return history
 
 

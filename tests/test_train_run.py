@@ -126,3 +126,66 @@ def test_steps_through_the_reward_server_equal_the_in_process_reward_until_it_fa
             if name != "step_time_s":
                 np.testing.assert_allclose(ours[name], value, rtol=1e-5, atol=1e-7, err_msg=name)
         assert ours["host_reward_s"] > 0.0
+
+
+def test_an_sd_run_on_a_diffusers_folder_writes_its_report(tmp_path):
+    """A run of the tiny SD folder with a JAX reward and no scorer: the training prompts' fixed set is
+    scored by the training reward before and after (and by a held-out reward), the run folder receives
+    grids, curves, summary, TensorBoard events of every logged metric and the policy export with its
+    diffusers folder."""
+    from event_files import read_scalars
+    from tiny_checkpoints import SD_WORDS, save_tiny_sd
+
+    from slas_jax.config import load_config
+    from slas_jax.metrics import read_metrics
+    from slas_jax.train import run
+
+    # One CrossAttn block (the train step's compilation dominates this test: ~20 s for it, ~30 s for two).
+    save_tiny_sd(
+        tmp_path / "sd",
+        resolution=16,
+        words=(*SD_WORDS, "bright", "top", "bottom", "left", "right", "centre"),
+        unet={
+            "down_block_types": ("CrossAttnDownBlock2D",),
+            "up_block_types": ("CrossAttnUpBlock2D",),
+            "block_out_channels": (8,),
+        },
+    )
+    values = {
+        "model": {"family": "unet", "checkpoint": str(tmp_path / "sd"), "resolution": 16},
+        "sampler": {"name": "ddim", "num_steps": 2, "guidance_scale": 1.0},
+        "train": {
+            "num_steps": 2,
+            "prompts_per_step": 2,
+            "group_size": 2,
+            "micro_batch_size": 4,
+            "export_every": 2,
+            "output_dir": str(tmp_path / "run"),
+        },
+        "reward": {"name": "brightness"},
+        "data": {"name": "brightness"},
+        "eval": {
+            "every": 1,
+            "num_prompts": 3,
+            "samples_per_prompt": 1,
+            "grid_prompts": 3,
+            "rewards": {"again": {"name": "brightness"}},
+        },
+    }
+    history = run(load_config(values))
+    out = tmp_path / "run"
+    for key in ("train/reward", "train/again", "train/gap/again"):
+        assert all(np.isfinite(record[key]) for record in history), key
+    for name in ("curves.png", "samples_before.png", "samples_after.png", "summary.md"):
+        assert (out / name).stat().st_size > 0, name
+    summary = (out / "summary.md").read_text()
+    assert "| train/reward |" in summary and "| train/again |" in summary
+    assert "`tensorboard/`" in summary and "`policy/`" in summary
+    scalars = read_scalars(out / "tensorboard")
+    for record in read_metrics(out / "metrics.jsonl"):
+        for key, value in record.items():
+            if key != "step":
+                assert scalars[key][record["step"]] == pytest.approx(value, rel=1e-6), key
+    assert (
+        out / "policy" / "step_2" / "diffusers" / "unet" / "diffusion_pytorch_model.safetensors"
+    ).is_file()

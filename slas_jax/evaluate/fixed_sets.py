@@ -46,6 +46,19 @@ class EvalSet:
     reward_batches: dict[str, dict[str, np.ndarray]]
 
 
+TRAINING_PROMPTS = "train"
+"""The fixed set of a run that names none (``eval.sets`` empty): the first ``eval.num_prompts`` prompts of the
+training source (``data``)."""
+
+
+def evaluates(config: Config, reward: Reward) -> bool:
+    """Whether a run scores fixed sets (and writes grids, curves and ``summary.md``): when a scorer, held-out
+    rewards or fixed sets are configured, and for every run of a diffusers-folder backbone (SD, FLUX) whose
+    training reward is a JAX reward, which then scores the training prompts' fixed set."""
+    ec = config.eval
+    return bool(ec.scorer or ec.rewards or ec.sets or (config.model.checkpoint and reward.fn is not None))
+
+
 def gain(value: float, baseline: tuple[float, float]) -> float:
     """How far ``value`` moved from the first evaluation's (mean, std), in units of that std."""
     mean, std = baseline
@@ -53,7 +66,8 @@ def gain(value: float, baseline: tuple[float, float]) -> float:
 
 
 class Evaluator:
-    """Scores rollout samples every step and fixed prompt sets every ``eval.every`` steps.
+    """Scores rollout samples every step and fixed prompt sets every ``eval.every`` steps (``eval.sets``, or
+    without any the training prompts' set :data:`TRAINING_PROMPTS`).
 
     ``evaluate(params, frozen)`` samples ``samples_per_prompt`` images for each fixed prompt with a fixed
     key (the same noise before and after training) and returns ``{f"{set}/{metric}": mean}``: the scorer's
@@ -97,8 +111,10 @@ class Evaluator:
         self.held_out = {label: (jax.jit(held.fn), held.params) for label, held in held_rewards.items()}
         self.sets = []
         self.baselines: dict[str, tuple[float, float]] = {}
-        for name, source_config in ec.sets.items():
-            field = f"eval.sets.{name}"
+        sets = {name: (spec, f"eval.sets.{name}") for name, spec in ec.sets.items()} or {
+            TRAINING_PROMPTS: ({"name": config.data.name, "options": config.data.options}, "data")
+        }
+        for name, (source_config, field) in sets.items():
             source = build_prompt_source(
                 DataConfig(name=source_config["name"], options=source_config.get("options", {})), field
             )
