@@ -85,6 +85,7 @@ def sample_trajectories(
     guidance_scale: float = 1.0,
     same_noise_in_group: bool = False,
     dtype: jnp.dtype = jnp.float32,
+    branch_groups: bool = True,
 ) -> Trajectory:
     """Samples ``group_size`` trajectories for each prompt.
 
@@ -92,12 +93,14 @@ def sample_trajectories(
     only when guidance_scale != 1. Sample b belongs to prompt b // group_size. With ``same_noise_in_group``
     and an SDE window the deterministic steps before the window run once per prompt and the group branches
     at the window (:func:`shared_steps`): the same trajectories up to float rounding, with the work of those
-    steps divided by ``group_size``.
+    steps divided by ``group_size``; ``branch_groups=False`` takes every sample through every step instead.
     """
     num_prompts = jax.tree.leaves(cond)[0].shape[0]
     noise_key, step_key = jax.random.split(key)
     x0 = initial_noise(noise_key, num_prompts, group_size, latent_shape, same_in_group=same_noise_in_group)
-    shared = shared_steps(sampler, group_size, same_noise_in_group=same_noise_in_group)
+    shared = (
+        shared_steps(sampler, group_size, same_noise_in_group=same_noise_in_group) if branch_groups else 0
+    )
 
     def run(x: jax.Array, prediction: jax.Array, cond_x: Any, steps: jax.Array) -> tuple[Any, Any]:
         n = x.shape[0]

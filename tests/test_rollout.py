@@ -73,8 +73,11 @@ def test_branched_rollout_equals_the_plain_loop(name, guidance_scale):
     assert not np.allclose(grouped[:, 0, start + 1], grouped[:, 1, start + 1])
 
 
-def test_the_shared_steps_run_once_per_prompt():
-    sampler = SAMPLERS["ddim"]
+@pytest.mark.parametrize(
+    ("branch", "traced"), [(True, [PROMPTS, PROMPTS * GROUP]), (False, [PROMPTS * GROUP])]
+)
+def test_the_shared_steps_run_once_per_prompt(branch, traced):
+    """One traced scan body per phase: 3 steps on 2 rows, then 3 on 8; or every step on 8 rows."""
     batch_sizes = []
 
     def denoise(params, x, t, cond):
@@ -88,13 +91,14 @@ def test_the_shared_steps_run_once_per_prompt():
             COND,
             UNCOND,
             jax.random.PRNGKey(0),
-            sampler=sampler,
+            sampler=SAMPLERS["ddim"],
             latent_shape=PIPELINE.latent_shape,
             group_size=GROUP,
             same_noise_in_group=True,
+            branch_groups=branch,
         )
     )
-    assert batch_sizes == [PROMPTS, PROMPTS * GROUP]  # one traced scan body each: 3 steps x 2, 3 steps x 8
+    assert batch_sizes == traced
 
 
 def test_shared_steps_need_one_noise_per_group_and_a_window():
