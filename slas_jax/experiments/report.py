@@ -1,0 +1,458 @@
+"""``<out>/report.md`` and its plots from a grid's run folders: per cell group (every axis but the seed)
+the mean and a 95% bootstrap interval over seeds (and over evaluation prompts where per-prompt scores
+exist) of each measure, and the paper's claims, one by one, as treatment-minus-control effects with their
+intervals, the smallest effect the seeds could detect, and a verdict.
+
+Only finished cells (``done.json``) count. Where a run holds them, the measures read:
+
+- ``metrics.jsonl``: ``reward_mean`` (the training reward of each step's rollouts, the proxy on the shapes
+  testbed), ``truth/partial`` (their ground truth), and every ``eval.every`` steps ``<set>/reward`` and
+  ``<set>/partial`` on the fixed sets (``report.train_set``, ``report.held_out_set``). These are means
+  over the set, so their intervals are over seeds only;
+- ``final_eval/`` (the shapes benchmark of the final checkpoint): per-image ground truth, rescored here
+  from its PNGs into per-prompt scores (cached in ``final_eval/per_prompt.json``), for the intervals over
+  seeds and prompts and the per-category breakdown.
+
+The report config (the grid config's ``report``): ``method_axis`` ("method"), ``seed_axis`` ("seed"),
+``size_axis`` ("size"), ``control`` (the baseline's method label, "dance_grpo"), ``treatments`` (method
+labels compared with it), ``target_reward`` (None: halfway from the grid's mean first-step reward to the
+median final one), ``window`` (steps of the moving average on per-step curves, 5), ``n_boot`` (2000).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slas_jax.data.geneval import TAG_KEY, TAGS
+from slas_jax.evaluate.fixed_sets import repeat_rows
+from slas_jax.evaluate.shapes_benchmark import benchmark_sets, read_images
+from slas_jax.experiments import stats
+from slas_jax.experiments.plots import save_categories, save_curves
+from slas_jax.experiments.runner import FINAL_EVAL, Plan, is_done
+from slas_jax.metrics import read_metrics
+from slas_jax.scorers import SCORERS
+
+REPORT = "report.md"
+PER_PROMPT = "per_prompt.json"
+DEFAULTS = {
+    "method_axis": "method",
+    "seed_axis": "seed",
+    "size_axis": "size",
+    "control": "dance_grpo",
+    "treatments": (),
+    "target_reward": None,
+    "window": 5,
+    "n_boot": 2000,
+    "train_set": "train",
+    "held_out_set": "held_out",
+    "truth_metric": "partial",
+}
+
+
+@dataclass
+class Run:
+    """A finished cell's data: ``records`` (metrics.jsonl) and, from its final benchmark, ``per_prompt``:
+    set -> {"truth": (prompts,) float64 ground truth per prompt, "tags": (prompts,) int category}."""
+
+    plan: Plan
+    records: list[dict[str, Any]]
+    per_prompt: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+    def curve(self, key: str) -> np.ndarray:
+        """(num_steps,) float64 of ``key`` per step, NaN where not logged."""
+        out = np.full(self.plan.num_steps, np.nan)
+        for record in self.records:
+            if record.get(key) is not None and record["step"] < len(out):
+                out[record["step"]] = record[key]
+        return out
+
+    def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """(steps done after the evaluation, values) of a key logged only at some steps."""
+        points = [(r["step"] + 1, r[key]) for r in self.records if r.get(key) is not None]
+        return np.array([p[0] for p in points], np.int64), np.array([p[1] for p in points], np.float64)
+
+
+def per_prompt_scores(plan: Plan) -> dict[str, dict[str, np.ndarray]]:
+    """The ground truth per prompt of each fixed set in ``<cell>/final_eval`` (empty when there is none),
+    from the benchmark's PNGs scored by the cell's scorer; cached in ``final_eval/per_prompt.json``."""
+    folder = plan.run_dir / FINAL_EVAL
+    if not plan.final_eval or not (folder / "shapes.json").is_file():
+        return {}
+    cache = folder / PER_PROMPT
+    if not cache.is_file():
+        config = plan.config
+        spp = config.eval.samples_per_prompt
+        scorer = SCORERS.get(config.eval.scorer)
+        result = {}
+        for bench in benchmark_sets(config, folder, config.eval.num_prompts, spp):
+            images = read_images([job.path for job in bench.jobs])
+            scores = scorer.fn(images, repeat_rows(bench.arrays, spp))
+            tags = bench.arrays.get(TAG_KEY, np.zeros(len(bench.prompts), np.int64))
+            result[bench.name] = {
+                "truth": {
+                    k: np.asarray(v, np.float64).reshape(-1, spp).mean(1).tolist() for k, v in scores.items()
+                },
+                "tags": np.asarray(tags).tolist(),
+            }
+        cache.write_text(json.dumps(result) + "\n")
+    loaded = json.loads(cache.read_text())
+    return {
+        name: {"truth": {k: np.asarray(v) for k, v in s["truth"].items()}, "tags": np.asarray(s["tags"])}
+        for name, s in loaded.items()
+    }
+
+
+def load_runs(plans: Sequence[Plan]) -> list[Run]:
+    """The finished cells' data."""
+    return [
+        Run(plan, read_metrics(plan.run_dir / "metrics.jsonl"), per_prompt_scores(plan))
+        for plan in plans
+        if is_done(plan)
+    ]
+
+
+def group_name(labels: Mapping[str, str], seed_axis: str) -> str:
+    return "__".join(f"{axis}-{label}" for axis, label in labels.items() if axis != seed_axis) or "all"
+
+
+def _last_window(curve: np.ndarray, window: int) -> float:
+    values = curve[np.isfinite(curve)]
+    return float(np.mean(values[-window:])) if len(values) else float("nan")
+
+
+class Measures:
+    """Each measure of a run, as a (prompts,) array when per-prompt scores exist, else a float."""
+
+    def __init__(self, settings: Mapping[str, Any], target: float):
+        self.s = settings
+        self.target = target
+
+    def steps_to_target(self, run: Run) -> float:
+        """Steps until the moving average of the rollout reward reaches the target; a run that never does
+        counts as its length (censored: the estimate is then a lower bound)."""
+        reached = stats.steps_to_target(run.curve("reward_mean"), self.target, self.s["window"])
+        return float(run.plan.num_steps if reached is None else reached)
+
+    def final_reward(self, run: Run) -> float:
+        """The training reward at the end: on the training fixed set's last evaluation, else the last
+        ``window`` rollouts."""
+        _, values = run.series(f"{self.s['train_set']}/reward")
+        return float(values[-1]) if len(values) else _last_window(run.curve("reward_mean"), self.s["window"])
+
+    def truth(self, run: Run, which: str) -> np.ndarray | float:
+        """Final ground truth on the ``which`` set: per prompt from the final benchmark, else the last
+        in-training evaluation, else (training set) the last rollouts' truth."""
+        name, metric = self.s[f"{which}_set"], self.s["truth_metric"]
+        if name in run.per_prompt:
+            return run.per_prompt[name]["truth"][metric]
+        _, values = run.series(f"{name}/{metric}")
+        if len(values):
+            return float(values[-1])
+        if which == "train":
+            return _last_window(run.curve(f"truth/{metric}"), self.s["window"])
+        return float("nan")
+
+    def gap(self, run: Run) -> tuple[np.ndarray, np.ndarray]:
+        """The proxy-truth gap over steps: (steps, training reward - ground truth), on the training fixed
+        set's evaluations where the run has them, else on the rollouts (moving average)."""
+        name, metric = self.s["train_set"], self.s["truth_metric"]
+        steps, reward = run.series(f"{name}/reward")
+        _, truth = run.series(f"{name}/{metric}")
+        if len(steps) and len(truth) == len(steps):
+            return steps, reward - truth
+        rollout = run.curve("reward_mean") - run.curve(f"truth/{metric}")
+        return np.arange(1, len(rollout) + 1), stats.moving_average(rollout, self.s["window"])
+
+    def hacking(self, run: Run) -> float:
+        """How much the gap grew from the first evaluation to the last (positive: the proxy ran ahead)."""
+        _, gap = self.gap(run)
+        gap = gap[np.isfinite(gap)]
+        return float(gap[-1] - gap[0]) if len(gap) >= 2 else float("nan")
+
+
+MEASURES = (
+    ("steps to target", "steps_to_target", "less", "claim 1: trains faster"),
+    ("final training reward", "final_reward", "greater", None),
+    ("training-prompt truth", "train_truth", "greater", None),
+    ("held-out truth", "held_out_truth", "greater", "claim 2: scores better out of domain"),
+    ("hacking: gap growth", "hacking", "less", "claim 4: hacks the reward less"),
+)
+
+
+def _value(measures: Measures, run: Run, key: str) -> np.ndarray | float:
+    if key == "train_truth":
+        return measures.truth(run, "train")
+    if key == "held_out_truth":
+        return measures.truth(run, "held_out")
+    return getattr(measures, key)(run)
+
+
+def _stack(values: Sequence[np.ndarray | float]) -> np.ndarray | None:
+    """Per-seed values -> (seeds,) or (seeds, prompts); None when any is missing."""
+    arrays = [np.atleast_1d(np.asarray(v, np.float64)) for v in values]
+    if not arrays or any(not np.all(np.isfinite(a)) for a in arrays):
+        return None
+    if len({a.shape for a in arrays}) != 1:
+        arrays = [np.array([a.mean()]) for a in arrays]
+    stacked = np.stack(arrays)
+    return stacked[:, 0] if stacked.shape[1] == 1 else stacked
+
+
+def _fmt(interval: stats.Interval | None, digits: int = 3) -> str:
+    if interval is None:
+        return "—"
+    return f"{interval.estimate:.{digits}f} [{interval.low:.{digits}f}, {interval.high:.{digits}f}]"
+
+
+@dataclass
+class Comparison:
+    """One claim's row: treatment group vs control group on a measure."""
+
+    claim: str
+    treatment: str
+    control: str
+    measure: str
+    effect: stats.Interval | None
+    mde: float
+    verdict: str
+    seeds: tuple[int, int]
+
+
+def compare(
+    claim: str, measure: str, direction: str, treat: np.ndarray | None, ctrl: np.ndarray | None, names, n_boot
+) -> Comparison:
+    if treat is None or ctrl is None or treat.ndim != ctrl.ndim:
+        return Comparison(claim, *names, measure, None, float("nan"), "not tested", (0, 0))
+    effect = stats.bootstrap_difference(treat, ctrl, n_boot=n_boot)
+    per_seed = (treat.mean(1) if treat.ndim == 2 else treat, ctrl.mean(1) if ctrl.ndim == 2 else ctrl)
+    mde = stats.minimum_detectable_effect(stats.pooled_std(*per_seed), len(treat), len(ctrl))
+    return Comparison(
+        claim, *names, measure, effect, mde, stats.verdict(effect, direction), (len(treat), len(ctrl))
+    )
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write_report(out: Path, plans: Sequence[Plan], report_config: Mapping[str, Any], command: str) -> Path:
+    """Writes ``out/report.md`` (and ``curves.png``, ``categories.png``) from the finished cells; returns
+    the report's path. ``command``: the command line that wrote it, quoted in the report."""
+    settings = {**DEFAULTS, **dict(report_config)}
+    runs = load_runs(plans)
+    seed_axis, method_axis = settings["seed_axis"], settings["method_axis"]
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(group_name(run.plan.cell.labels, seed_axis), []).append(run)
+    target = settings["target_reward"]
+    if target is None and runs:
+        first = np.mean([run.curve("reward_mean")[0] for run in runs])
+        last = np.median([_last_window(run.curve("reward_mean"), settings["window"]) for run in runs])
+        target = float(first + 0.5 * (last - first))
+    measures = Measures(settings, float("nan") if target is None else target)
+    values = {
+        name: {key: _stack([_value(measures, run, key) for run in members]) for _, key, _, _ in MEASURES}
+        for name, members in groups.items()
+    }
+    lines = [
+        f"# Experiment report: {out.name}",
+        "",
+        f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} at commit `{_git_commit()}` by "
+        f"`{command}`. {len(runs)} of {len(plans)} cells finished; only finished cells count.",
+        "",
+        f"Target training reward for 'steps to target': {target if target is None else f'{target:.4f}'} "
+        f"(moving average over {settings['window']} steps; a run that never reaches it counts as its length).",
+        "",
+        "## Per group: mean [95% interval] over seeds",
+        "",
+        "| group | seeds | " + " | ".join(label for label, *_ in MEASURES) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in MEASURES) + " |",
+    ]
+    n_boot = settings["n_boot"]
+    for name, members in groups.items():
+        cells = []
+        for _, key, _, _ in MEASURES:
+            v = values[name][key]
+            cells.append(
+                "—" if v is None else _fmt(stats.bootstrap_mean(v, n_boot=n_boot), 1 if "steps" in key else 3)
+            )
+        lines.append(f"| {name} | {len(members)} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Truth intervals are over seeds and evaluation prompts where the final benchmark's per-prompt scores "
+        "exist (final_eval/), over seeds only otherwise (metrics.jsonl holds set means).",
+        "",
+    ]
+    comparisons = _claims(groups, values, settings, method_axis)
+    lines += [
+        "## The paper's claims (treatment − control, 95% interval; MDE: smallest true effect the seeds "
+        "detect with 80% power, two-sided t-test at 5%)",
+        "",
+        "| claim | treatment | control | measure | seeds | effect | MDE | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for c in comparisons:
+        mde = "—" if not np.isfinite(c.mde) else f"{c.mde:.3f}"
+        lines.append(
+            f"| {c.claim} | {c.treatment} | {c.control} | {c.measure} | {c.seeds[0]} vs {c.seeds[1]} | "
+            f"{_fmt(c.effect)} | {mde} | {c.verdict} |"
+        )
+    if not comparisons:
+        lines.append(
+            f"| — | {', '.join(settings['treatments']) or 'no treatments named'} | {settings['control']} | "
+            "no finished treatment and control groups to compare yet | | | | not tested |"
+        )
+    lines += ["", *_untested_claims(groups, settings), ""]
+    lines += _category_section(groups, settings, n_boot)
+    save_curves(out / "curves.png", groups, measures)
+    lines += ["## Curves", "", "![reward, held-out truth and gap over steps](curves.png)", ""]
+    if save_categories(out / "categories.png", groups, settings):
+        lines += ["![per-category ground truth](categories.png)", ""]
+    lines += ["## Samples after training (first seed of each group)", ""]
+    for name, members in groups.items():
+        sample = members[0].plan.run_dir / "samples_after.png"
+        if sample.is_file():
+            lines += [f"**{name}**", "", f"![{name}]({sample.relative_to(out)})", ""]
+    path = out / REPORT
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _claims(groups, values, settings, method_axis) -> list[Comparison]:
+    """Claims 1, 2, 4 and 5 for every treatment group against its control (same labels but the method)."""
+    comparisons = []
+    for name, members in groups.items():
+        labels = dict(members[0].plan.cell.labels)
+        labels.pop(settings["seed_axis"], None)
+        if labels.get(method_axis) not in settings["treatments"]:
+            continue
+        control = group_name({**labels, method_axis: settings["control"]}, settings["seed_axis"])
+        if control not in groups:
+            continue
+        for label, key, direction, claim in MEASURES:
+            if claim is None:
+                continue
+            comparisons.append(
+                compare(
+                    claim,
+                    label,
+                    direction,
+                    values[name][key],
+                    values[control][key],
+                    (name, control),
+                    settings["n_boot"],
+                )
+            )
+        for tag, treat, ctrl in _category_arrays(groups[name], groups[control], settings):
+            row = compare(
+                "claim 5: keeps compositional fidelity",
+                f"training truth, {tag}",
+                "greater",
+                treat,
+                ctrl,
+                (name, control),
+                settings["n_boot"],
+            )
+            comparisons.append(_non_inferiority(row))
+    return comparisons
+
+
+def _non_inferiority(row: Comparison) -> Comparison:
+    """Claim 5 says SLAS keeps fidelity: supported when the category is not worse by the MDE (the interval's
+    low end above -MDE), contradicted when it is worse (the interval below 0)."""
+    if row.effect is None:
+        return row
+    if row.effect.high < 0:
+        verdict = "contradicted"
+    elif np.isfinite(row.mde) and row.effect.low > -row.mde:
+        verdict = "supported (not worse by the MDE)"
+    else:
+        verdict = "inconclusive"
+    return Comparison(
+        row.claim, row.treatment, row.control, row.measure, row.effect, row.mde, verdict, row.seeds
+    )
+
+
+def _category_arrays(treat_runs, ctrl_runs, settings):
+    """(category, treatment (seeds, prompts of it), control (seeds, prompts of it)) on the training set."""
+    name, metric = settings["train_set"], settings["truth_metric"]
+    if not all(name in run.per_prompt for run in (*treat_runs, *ctrl_runs)):
+        return []
+    tags = treat_runs[0].per_prompt[name]["tags"]
+    rows = []
+    for t in np.unique(tags):
+        chosen = tags == t
+        treat = np.stack([run.per_prompt[name]["truth"][metric][chosen] for run in treat_runs])
+        ctrl = np.stack([run.per_prompt[name]["truth"][metric][chosen] for run in ctrl_runs])
+        rows.append((TAGS[int(t)] if int(t) < len(TAGS) else str(t), treat, ctrl))
+    return rows
+
+
+def _untested_claims(groups, settings) -> list[str]:
+    """Claim 3 (model scaling) needs a size axis with two values; claim 5 needs the final benchmark."""
+    lines = []
+    sizes = {
+        run.plan.cell.labels.get(settings["size_axis"]) for members in groups.values() for run in members
+    }
+    sizes.discard(None)
+    if len(sizes) < 2:
+        lines.append(
+            "- claim 3 (more robust to model scaling): not tested: the grid has "
+            f"{'one model size' if sizes else 'no model-size axis'}; it needs a second pretrained base of the "
+            "same backbone at another size (none exists yet)."
+        )
+    else:
+        lines.append(
+            f"- claim 3 (more robust to model scaling): read the rows of each size ({', '.join(sorted(sizes))}) "
+            "above: the claim holds where SLAS's advantage stays or grows with size."
+        )
+    has_categories = any(run.per_prompt for members in groups.values() for run in members)
+    if not has_categories:
+        lines.append(
+            "- claim 5 (keeps compositional fidelity): not tested: no cell has a final benchmark with per-prompt "
+            "categories (final_eval/; the shapes testbed's runs have one)."
+        )
+    return lines
+
+
+def _category_section(groups, settings, n_boot) -> list[str]:
+    lines = []
+    metric = settings["truth_metric"]
+    rows = []
+    for name, members in groups.items():
+        for set_name in (settings["train_set"], settings["held_out_set"]):
+            if not all(set_name in run.per_prompt for run in members):
+                continue
+            tags = members[0].per_prompt[set_name]["tags"]
+            for t in np.unique(tags):
+                chosen = tags == t
+                values = np.stack([run.per_prompt[set_name]["truth"][metric][chosen] for run in members])
+                tag = TAGS[int(t)] if int(t) < len(TAGS) else str(t)
+                rows.append(
+                    f"| {name} | {set_name} | {tag} | {int(chosen.sum())} | "
+                    f"{_fmt(stats.bootstrap_mean(values, n_boot=n_boot))} |"
+                )
+    if rows:
+        lines += [
+            f"## Per category: final ground truth ({metric}), mean [95% interval] over seeds and prompts",
+            "",
+            "| group | set | category | prompts | truth |",
+            "| --- | --- | --- | --- | --- |",
+            *rows,
+            "",
+        ]
+    return lines
