@@ -27,18 +27,21 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import jax
 from absl import flags
 
 from slas_jax import parallel
 from slas_jax.cli import Command, Parsed
-from slas_jax.config import ConfigError, describe_config, load_config
+from slas_jax.config import Config, ConfigError, describe_config, load_config
 from slas_jax.errors import UserError
 from slas_jax.evaluate import driver, geneval, shapes_benchmark, unigenbench
 from slas_jax.evaluate.driver import ImageJob
 from slas_jax.evaluate.model import load_model
+from slas_jax.weights import read_metadata
 
 BENCHMARKS = ("geneval", "unigenbench", "shapes")
 
@@ -99,7 +102,7 @@ COMMAND = Command(
 )
 
 
-def _flag(parsed: Parsed, name: str):
+def _flag(parsed: Parsed, name: str) -> Any:
     return parsed.flags[name].value
 
 
@@ -111,14 +114,48 @@ def _required(parsed: Parsed, name: str) -> str:
     return value
 
 
-def check_complete(jobs: Sequence[ImageJob], resolution: int, what: str) -> None:
-    """UserError naming the count and the first missing or damaged image of ``jobs``."""
+def check_complete(jobs: Sequence[ImageJob], resolution: int, what: str, fix: str) -> None:
+    """UserError naming the count and the first missing or damaged image of ``jobs``, and ``fix``."""
     bad = [job.path for job in jobs if not job.path.is_file() or driver.image_problem(job.path, resolution)]
     if bad:
         raise UserError(
-            f"{len(bad)} of {len(jobs)} {what} images are missing or damaged (first: {bad[0]}); rerun without "
-            "--check_only to generate them"
+            f"{len(bad)} of {len(jobs)} {what} images are missing or damaged (first: {bad[0]}); {fix}"
         )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a benchmark writes: its image ``jobs``, the ``folder`` its evaluator reads (where the manifest
+    goes), the manifest's ``extra`` entries, and the benchmark's own inputs (``metadata``: GenEval's
+    objects; ``sets``: the shapes benchmark's fixed sets)."""
+
+    jobs: list[ImageJob]
+    folder: Path
+    extra: dict[str, Any]
+    metadata: list[dict[str, Any]] = field(default_factory=list)
+    sets: list[shapes_benchmark.BenchmarkSet] = field(default_factory=list)
+
+
+def plan(benchmark: str, parsed: Parsed, config: Config, out: Path, images_per_prompt: int) -> Plan:
+    """The benchmark's layout from its prompt file (geneval, unigenbench) or the config's sets (shapes)."""
+    if benchmark == "geneval":
+        prompts = _required(parsed, "prompts")
+        metadata = geneval.read_metadata(prompts)
+        jobs = geneval.jobs(out, metadata, images_per_prompt)
+        return Plan(jobs, out, {"prompts_file": str(Path(prompts).absolute())}, metadata=metadata)
+    if benchmark == "unigenbench":
+        prompts = _required(parsed, "prompts")
+        category = unigenbench.category_of(prompts, _flag(parsed, "category"))
+        folder = unigenbench.image_folder(out, category, _required(parsed, "model_name"))
+        jobs = unigenbench.jobs(folder, unigenbench.read_prompts(prompts, category), images_per_prompt)
+        return Plan(jobs, folder, {"prompts_file": str(Path(prompts).absolute()), "category": category})
+    sets = shapes_benchmark.benchmark_sets(config, out, _flag(parsed, "num_prompts"), images_per_prompt)
+    return Plan([job for bench in sets for job in bench.jobs], out, {}, sets=sets)
+
+
+def resolution(config: Config, policy: str | None) -> int:
+    """The image side the files must have: the policy's model's, else the config's."""
+    return int(read_metadata(policy)["model"]["resolution"]) if policy else config.model.resolution
 
 
 def evaluate_command(parsed: Parsed, argv: Sequence[str]) -> str:
@@ -126,49 +163,36 @@ def evaluate_command(parsed: Parsed, argv: Sequence[str]) -> str:
     benchmark = _required(parsed, "benchmark")
     out = Path(_required(parsed, "out"))
     config = load_config(parsed.config)
-    images_per_prompt, seed = _flag(parsed, "images_per_prompt"), _flag(parsed, "seed")
+    images_per_prompt, seed, policy = (_flag(parsed, k) for k in ("images_per_prompt", "seed", "policy"))
     if images_per_prompt < 1 or _flag(parsed, "batch_size") < 1:
         raise ConfigError("--images_per_prompt and --batch_size must be >= 1")
     if _flag(parsed, "multihost"):
         parallel.initialize_distributed(None, 1, 0)
-    extra: dict = {}
-    if benchmark == "geneval":
-        metadata = geneval.read_metadata(_required(parsed, "prompts"))
-        jobs = geneval.jobs(out, metadata, images_per_prompt)
-        extra["prompts_file"] = str(Path(_flag(parsed, "prompts")).absolute())
-        where = str(out)
-    elif benchmark == "unigenbench":
-        csv_path = _required(parsed, "prompts")
-        category = unigenbench.category_of(csv_path, _flag(parsed, "category"))
-        folder = unigenbench.image_folder(out, category, _required(parsed, "model_name"))
-        jobs = unigenbench.jobs(folder, unigenbench.read_prompts(csv_path, category), images_per_prompt)
-        extra.update(prompts_file=str(Path(csv_path).absolute()), category=category, folder=str(folder))
-        where = str(folder)
-    else:
-        sets = shapes_benchmark.benchmark_sets(config, out, _flag(parsed, "num_prompts"), images_per_prompt)
-        jobs = [job for bench in sets for job in bench.jobs]
-        where = str(out)
+    layout = plan(benchmark, parsed, config, out, images_per_prompt)
     if _flag(parsed, "check_only"):
-        check_complete(jobs, config.model.resolution, benchmark)
-        return f"done: {len(jobs)} {benchmark} images in {where} are complete"
-    model = load_model(config, policy=_flag(parsed, "policy"), run_dir=_flag(parsed, "run_dir"))
-    done = driver.generate(model, jobs, seed=seed, batch_size=_flag(parsed, "batch_size"), desc=benchmark)
-    owned = sorted(
-        {job.prompt_index for job in driver.own_share(jobs, jax.process_index(), jax.process_count())}
+        fix = "rerun without --check_only to generate them"
+        check_complete(layout.jobs, resolution(config, policy), benchmark, fix)
+        return f"done: {len(layout.jobs)} {benchmark} images in {layout.folder} are complete"
+    model = load_model(config, policy=policy, run_dir=_flag(parsed, "run_dir"))
+    done = driver.generate(
+        model, layout.jobs, seed=seed, batch_size=_flag(parsed, "batch_size"), desc=benchmark
     )
     if benchmark == "geneval":
-        geneval.write_metadata(out, metadata, owned)
+        share = driver.own_share(layout.jobs, jax.process_index(), jax.process_count())
+        owned = sorted({job.prompt_index for job in share})
+        geneval.write_metadata(out, layout.metadata, owned)
         if not _flag(parsed, "skip_grid"):
-            own_jobs = [job for job in jobs if job.prompt_index in set(owned)]
-            geneval.write_grids(out, own_jobs, geneval.stale_grids(out, done.written, owned))
+            geneval.write_grids(out, share, geneval.stale_grids(out, done.written, owned))
     driver.wait_for_all_hosts()
     if jax.process_index() != 0:
-        return f"done: process {jax.process_index()} wrote {len(done.written)} images"
-    check_complete(jobs, model.config.model.resolution, benchmark)
-    summary = ""
-    if benchmark == "shapes":
+        return f"done: process {jax.process_index()} holds {done.owned} images, wrote {len(done.written)}"
+    check_complete(
+        layout.jobs, model.config.model.resolution, benchmark, "rerun the same command to generate them"
+    )
+    extra, summary = dict(layout.extra), ""
+    if layout.sets:
         results = {
-            bench.name: shapes_benchmark.score_set(model.config, bench, images_per_prompt) for bench in sets
+            b.name: shapes_benchmark.score_set(model.config, b, images_per_prompt) for b in layout.sets
         }
         shapes_benchmark.write_results(out, results)
         extra["results"] = results
@@ -176,9 +200,9 @@ def evaluate_command(parsed: Parsed, argv: Sequence[str]) -> str:
             f"{name} strict {100 * r['all']['strict']:.1f}% partial {r['all']['partial']:.3f}"
             for name, r in results.items()
         )
-    driver.write_manifest(Path(where), benchmark, model, jobs, seed=seed, command=argv, extra=extra)
+    driver.write_manifest(layout.folder, benchmark, model, layout.jobs, seed=seed, command=argv, extra=extra)
     return (
-        f"done: {len(jobs)} {benchmark} images in {where} ({len(done.written)} written, "
+        f"done: {len(layout.jobs)} {benchmark} images in {layout.folder} ({len(done.written)} written, "
         f"{done.replaced} of them replacing damaged files, {done.kept} kept){summary}"
     )
 

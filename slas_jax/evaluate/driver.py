@@ -84,7 +84,9 @@ def image_problem(path: Path, resolution: int) -> str | None:
     """Why the file at ``path`` is not a usable (resolution x resolution) RGB PNG; None when it is."""
     try:
         with Image.open(path) as image:
-            image.load()  # decodes every row: a truncated file fails here
+            image.verify()  # the chunks' structure and checksums: a file cut after its pixels fails here
+        with Image.open(path) as image:
+            image.load()  # decodes every row
             if image.format != "PNG" or image.mode != "RGB" or image.size != (resolution, resolution):
                 return (
                     f"{image.format} {image.mode} {image.size[0]}x{image.size[1]}, expected a "
