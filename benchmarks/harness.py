@@ -117,16 +117,18 @@ class Worker:
 
 @dataclass
 class Timings:
-    """Seconds of every run, by side label and stage: ``runs`` the measured ones, ``warmup`` the others (the
-    first of them is a stage's first run after compilation)."""
+    """Seconds of every run, by side label and stage: ``runs`` the measured ones, ``warmup`` the others,
+    ``first`` each stage's first run (after compilation), warm-up or not."""
 
     runs: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     warmup: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    first: dict[str, dict[str, float]] = field(default_factory=dict)
     load_average: list[tuple[float, float, float]] = field(default_factory=list)
     """The machine's 1 / 5 / 15-minute load averages at the start of each round."""
 
     def add(self, label: str, stage: str, seconds: float, *, kept: bool = True) -> None:
         (self.runs if kept else self.warmup).setdefault(label, {}).setdefault(stage, []).append(seconds)
+        self.first.setdefault(label, {}).setdefault(stage, seconds)
 
     def best(self, label: str, stage: str) -> float | None:
         runs = self.runs.get(label, {}).get(stage)

@@ -12,9 +12,12 @@ Stages (each returns once its outputs are ready):
 
 FLOPs come from XLA's ``cost_analysis()``, which counts a while loop's body once whatever its trip count (a
 10-step scan of a matmul reports one matmul's FLOPs), so a whole rollout or step is undercounted. Each stage's
-FLOPs are therefore counted on its loop bodies compiled alone: rollout = T x one guided denoiser call at
-batch B (the sampler's elementwise maths and the text encoder are left out: well under 1%), step = rollout +
-(trained slices) x one slice. The whole programs' own counts are reported beside them for the record.
+FLOPs are therefore counted from its loop bodies: the rollout program's count is one guided denoiser call
+per scan it runs (at batch P for the steps a group shares, ``rollout.shared_steps``, then at B) plus the text
+encoder, which is scaled to the T calls it makes (the encoder, counted T times, is well under 1% here); a
+step is the rollout + (trained slices) x one slice compiled alone. Loops inside the model count once too
+(CPU attention runs its batch chunks under ``lax.map``), so these are lower bounds. The whole step program's
+own count is reported beside them for the record.
 """
 
 from __future__ import annotations
@@ -26,11 +29,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from slas_jax import grpo, parallel
+from slas_jax import grpo, parallel, param_paths
 from slas_jax.config import load_config
 from slas_jax.losses import Transitions, policy_loss
 from slas_jax.pipelines import build_pipeline
-from slas_jax.rollout import guided_prediction
+from slas_jax.rollout import shared_steps
 
 MATMUL = 4096
 
@@ -106,11 +109,6 @@ class JaxSide:
             kl_form=lc.kl_form,
         )
         self._slice = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
-        self._forward = jax.jit(
-            lambda params, x, t, cond, uncond: guided_prediction(
-                pipeline.denoise, params, x, t, cond, uncond, sc.guidance_scale
-            )
-        )
         self._matmul = jax.jit(jnp.matmul)
         self.compiled: dict[str, Any] = {}
         self.stages = {
@@ -126,7 +124,7 @@ class JaxSide:
         self.runs += 1
         return jax.random.fold_in(self.key, self.runs)
 
-    def _slice_inputs(self) -> tuple[Any, ...]:
+    def _slice_inputs(self) -> tuple[Transitions, Any]:
         """One (micro-batch M, timestep) slice of transitions at the first trained step, with the prompt's
         text features, as ``grpo.pack_transitions`` lays one out; uncond broadcast to M."""
         m = self.config.train.micro_batch_size
@@ -142,19 +140,13 @@ class JaxSide:
             cond=jax.tree.map(lambda a: jnp.broadcast_to(a[:1], (m, *a.shape[1:])), cond),
         )
         uncond_m = jax.tree.map(lambda a: jnp.broadcast_to(a, (m, *a.shape[1:])), uncond)
-        return steps, uncond_m, cond, uncond
+        return steps, uncond_m
 
     def compile(self) -> dict[str, float]:
-        """Compiles every stage (and the guided denoiser call the FLOPs are counted on); seconds each."""
+        """Compiles every stage; seconds each."""
         state, key = self.state, self.key
         seconds = {}
-        steps, uncond_m, cond, uncond = self._slice_inputs()
-        self._slice_args = (steps, uncond_m)
-        n = self.batch_size
-        x = jnp.zeros((n, *self.pipeline.latent_shape), jnp.float32)
-        cond_b = jax.tree.map(lambda a: jnp.broadcast_to(a[:1], (n, *a.shape[1:])), cond)
-        uncond_b = jax.tree.map(lambda a: jnp.broadcast_to(a, (n, *a.shape[1:])), uncond)
-        self._forward_args = (x, jnp.zeros((n,), jnp.float32), cond_b, uncond_b)
+        self._slice_args = self._slice_inputs()
         a = jnp.ones((MATMUL, MATMUL), jnp.float32)
         self._matmul_args = (a, a)
         for name, jitted, args in (
@@ -162,7 +154,6 @@ class JaxSide:
             ("rollout", self._rollout, (state.params, state.frozen, self.batch, key)),
             ("step", self._step, (state, self.batch, key)),
             ("slice", self._slice, (state.params, state.ref_params, *self._slice_args)),
-            ("forward", self._forward, (state.params, *self._forward_args)),
         ):
             self.compiled[name], seconds[name] = _timed_compile(jitted, *args)
         return seconds
@@ -184,11 +175,27 @@ class JaxSide:
         out = self.compiled["slice"](self.state.params, self.state.ref_params, *self._slice_args)
         jax.block_until_ready(out)
 
+    def rollout_flops(self) -> float:
+        """T guided denoiser calls from the rollout program's count (one call per scan body, module
+        docstring): s shared steps at batch P, then T - s at B, FLOPs linear in the batch."""
+        tc, sampler = self.config.train, self.pipeline.sampler
+        s = shared_steps(sampler, tc.group_size, same_noise_in_group=self.config.sampler.same_noise_in_group)
+        per_sample = _flops(self.compiled["rollout"]) / (self.batch_size + (tc.prompts_per_step if s else 0))
+        return per_sample * (s * tc.prompts_per_step + (sampler.num_steps - s) * self.batch_size)
+
+    def trained_parameters(self) -> int:
+        """Parameters ``optim.trainable`` selects (all when it is empty)."""
+        params, patterns = self.state.params, self.config.optim.trainable
+        if not patterns:
+            return sum(x.size for x in jax.tree.leaves(params))
+        mask = param_paths.select(params, patterns, "optim.trainable")
+        return sum(
+            x.size for x, hit in zip(jax.tree.leaves(params), jax.tree.leaves(mask), strict=True) if hit
+        )
+
     def info(self) -> dict[str, Any]:
-        forward = _flops(self.compiled["forward"])
         slice_flops = _flops(self.compiled["slice"])
-        slices = self.slices
-        rollout = self.config.sampler.num_steps * forward
+        rollout = self.rollout_flops()
         memory = self.compiled["step"].memory_analysis()
         return {
             "stages": list(self.stages),
@@ -196,17 +203,15 @@ class JaxSide:
             "device": str(jax.devices()[0].device_kind),
             "dtype": self.config.model.dtype,
             "parameters": sum(x.size for x in jax.tree.leaves(self.state.params)),
-            "trained_slices": slices,
+            "trained_parameters": self.trained_parameters(),
+            "trained_slices": self.slices,
             "flops": {
                 "matmul": 2.0 * MATMUL**3,
                 "rollout": rollout,
-                "step": rollout + slices * slice_flops,
+                "step": rollout + self.slices * slice_flops,
                 "slice": slice_flops,
-                "forward": forward,
             },
-            "xla_program_flops_loop_bodies_once": {
-                name: _flops(self.compiled[name]) for name in ("rollout", "step")
-            },
+            "xla_step_program_flops_loop_bodies_once": _flops(self.compiled["step"]),
             "step_temp_mb": None if memory is None else memory.temp_size_in_bytes / 2**20,
         }
 

@@ -380,24 +380,35 @@ class TorchSide:
 
     def count_flops(self) -> dict[str, float]:
         """FLOPs of the matmul-class ops (mm, bmm, conv, attention) that FlopCounterMode has formulas for:
-        one backbone call at batch B and one slice's forward + backward; a rollout is T calls, a step adds
-        (trained slices) slices. Elementwise ops are not counted (XLA's counts include them)."""
+        one backbone call at batch B and one slice's forward + backward, on random latents (the count does
+        not depend on their values); a rollout is T calls, a step adds (trained slices) slices. Elementwise
+        ops are not counted (XLA's counts include them)."""
         n = self.tokens.shape[0] * self.spec["train"]["group_size"]
-        data = self.rollout()
+        steps = self.sampler.num_steps
+        with torch.no_grad():
+            features, pooled = self._encode(self.tokens)
+            self.uncond = self._encode(self.uncond_tokens)
+        group = self.spec["train"]["group_size"]
+        latents = torch.randn(n, steps, *self.latent_shape, device=self.device)
+        data = {
+            "latents": latents,
+            "next_latents": latents + 0.1 * torch.randn_like(latents),
+            "log_probs": torch.zeros(n, steps, device=self.device),
+            "cond": (features.repeat_interleave(group, 0), pooled.repeat_interleave(group, 0)),
+        }
         i = torch.zeros(n, dtype=torch.long, device=self.device)
         with FlopCounterMode(display=False) as forward, torch.no_grad():
-            self._denoise(self.model, data["latents"][:, 0], i, data["cond"])
+            self._denoise(self.model, latents[:, 0], i, data["cond"])
         micro = self.spec["train"]["micro_batch_size"]
-        rows = slice(0, micro)
         first = torch.full((micro,), self.spec["loss"]["exclude_first_steps"], device=self.device)
         with FlopCounterMode(display=False) as one_slice:
-            self.slice_loss(data, rows, first, torch.ones(micro, device=self.device)).backward()
+            self.slice_loss(data, slice(0, micro), first, torch.ones(micro, device=self.device)).backward()
         self.optimizer.zero_grad(set_to_none=True)
-        rollout = self.sampler.num_steps * forward.get_total_flops()
+        rollout = float(steps * forward.get_total_flops())
         slice_flops = float(one_slice.get_total_flops())
         return {
             "matmul": 2.0 * MATMUL**3,
-            "rollout": float(rollout),
+            "rollout": rollout,
             "step": rollout + self.spec["slices"] * slice_flops,
             "slice": slice_flops,
         }
