@@ -189,9 +189,9 @@ def export_policy(
     ``model.checkpoint``), ``frozen["text"]``, under the run's ``model`` and ``sampler`` sections, the
     prompt ``vocabulary`` of its word-level tokenizer and ``info`` (how it was trained) as
     ``metadata["rl"]``. A model built from a diffusers folder (``model.checkpoint``) is also written as a
-    diffusers pipeline folder, ``folder/diffusers`` (``slas_jax.pipelines.export``), that diffusers'
-    ``from_pretrained`` loads; ``metadata["diffusers"]`` names it. Returns the parameter hash. Gathers every
-    leaf to this host, so it suits models that fit one host's memory."""
+    diffusers pipeline folder, ``folder/diffusers`` (``slas_jax.pipelines.export``, written by process 0),
+    that diffusers' ``from_pretrained`` loads; ``metadata["diffusers"]`` names it. Returns the parameter
+    hash. Gathers every leaf to this host, so it suits models that fit one host's memory."""
     groups = {"backbone": jax.device_get(params)}
     if config.model.checkpoint is None and "text" in frozen:
         groups["text"] = jax.device_get(frozen["text"])
@@ -200,9 +200,10 @@ def export_policy(
     model = dataclasses.replace(config.model, init_checkpoint=None)
     diffusers = {}
     if config.model.checkpoint is not None:
-        export_diffusers(
-            Path(folder) / DIFFUSERS_DIR, config.model.family, config.model.checkpoint, groups["backbone"]
-        )
+        if jax.process_index() == 0:  # one writer: hosts may share the run folder
+            export_diffusers(
+                Path(folder) / DIFFUSERS_DIR, config.model.family, config.model.checkpoint, groups["backbone"]
+            )
         diffusers = {"diffusers": DIFFUSERS_DIR}
     metadata = {
         "kind": "policy",
