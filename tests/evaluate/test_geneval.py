@@ -15,6 +15,8 @@ from PIL import Image
 
 from slas_jax.evaluate import geneval
 
+pytestmark = pytest.mark.slow
+
 METADATA = [
     {"tag": "single_object", "include": [{"class": "circle", "count": 1}], "prompt": "a circle"},
     {

@@ -12,6 +12,8 @@ from slas_jax.checkpoint import Checkpointer
 from slas_jax.config import ConfigError, load_config
 from slas_jax.evaluate.model import load_model
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def config():

@@ -4,6 +4,7 @@ overall and per GenEval category, as the scorer judges the same PNGs."""
 import json
 
 import numpy as np
+import pytest
 from evaluate_runner import POLICY, evaluate
 
 from slas_jax.config import DataConfig
@@ -12,6 +13,8 @@ from slas_jax.data.geneval import TAGS
 from slas_jax.evaluate import shapes_benchmark
 from slas_jax.evaluate.fixed_sets import repeat_rows
 from slas_jax.scorers import SCORERS
+
+pytestmark = pytest.mark.slow
 
 
 def test_scores_per_set_and_category(tmp_path):

@@ -14,6 +14,8 @@ from PIL import Image
 from slas_jax.errors import ConfigError, UserError
 from slas_jax.evaluate import unigenbench
 
+pytestmark = pytest.mark.slow
+
 SUB_DIMS_EN = {
     "Primary Categories": "Creative Divergence",
     "Secondary Categories": "Imaginative Thinking",
