@@ -114,26 +114,32 @@ def _required(parsed: Parsed, name: str) -> str:
     return value
 
 
-def check_complete(jobs: Sequence[ImageJob], resolution: int, what: str, fix: str) -> None:
-    """UserError naming the count and the first missing or damaged image of ``jobs``, and ``fix``."""
+@dataclass(frozen=True)
+class Plan:
+    """What a benchmark writes: its image ``jobs``, the ``folder`` its evaluator reads (where the manifest
+    goes), the manifest's ``extra`` entries, the other ``files`` its evaluator reads (GenEval's
+    metadata.jsonl), and its own inputs (``metadata``: GenEval's objects; ``sets``: the shapes benchmark's
+    fixed sets)."""
+
+    jobs: list[ImageJob]
+    folder: Path
+    extra: dict[str, Any]
+    files: list[Path] = field(default_factory=list)
+    metadata: list[dict[str, Any]] = field(default_factory=list)
+    sets: list[shapes_benchmark.BenchmarkSet] = field(default_factory=list)
+
+
+def check_complete(layout: Plan, resolution: int, what: str, fix: str) -> None:
+    """UserError naming the count and the first missing or damaged image of ``layout`` (or its first
+    missing other file), and ``fix``."""
+    jobs = layout.jobs
     bad = [job.path for job in jobs if not job.path.is_file() or driver.image_problem(job.path, resolution)]
     if bad:
         raise UserError(
             f"{len(bad)} of {len(jobs)} {what} images are missing or damaged (first: {bad[0]}); {fix}"
         )
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What a benchmark writes: its image ``jobs``, the ``folder`` its evaluator reads (where the manifest
-    goes), the manifest's ``extra`` entries, and the benchmark's own inputs (``metadata``: GenEval's
-    objects; ``sets``: the shapes benchmark's fixed sets)."""
-
-    jobs: list[ImageJob]
-    folder: Path
-    extra: dict[str, Any]
-    metadata: list[dict[str, Any]] = field(default_factory=list)
-    sets: list[shapes_benchmark.BenchmarkSet] = field(default_factory=list)
+    if missing := [path for path in layout.files if not path.is_file()]:
+        raise UserError(f"{len(missing)} {what} files are missing (first: {missing[0]}); {fix}")
 
 
 def plan(benchmark: str, parsed: Parsed, config: Config, out: Path, images_per_prompt: int) -> Plan:
@@ -142,7 +148,8 @@ def plan(benchmark: str, parsed: Parsed, config: Config, out: Path, images_per_p
         prompts = _required(parsed, "prompts")
         metadata = geneval.read_metadata(prompts)
         jobs = geneval.jobs(out, metadata, images_per_prompt)
-        return Plan(jobs, out, {"prompts_file": str(Path(prompts).absolute())}, metadata=metadata)
+        files = [geneval.prompt_folder(out, i) / geneval.METADATA_FILE for i in range(len(metadata))]
+        return Plan(jobs, out, {"prompts_file": str(Path(prompts).absolute())}, files, metadata=metadata)
     if benchmark == "unigenbench":
         prompts = _required(parsed, "prompts")
         category = unigenbench.category_of(prompts, _flag(parsed, "category"))
@@ -171,7 +178,7 @@ def evaluate_command(parsed: Parsed, argv: Sequence[str]) -> str:
     layout = plan(benchmark, parsed, config, out, images_per_prompt)
     if _flag(parsed, "check_only"):
         fix = "rerun without --check_only to generate them"
-        check_complete(layout.jobs, resolution(config, policy), benchmark, fix)
+        check_complete(layout, resolution(config, policy), benchmark, fix)
         return f"done: {len(layout.jobs)} {benchmark} images in {layout.folder} are complete"
     model = load_model(config, policy=policy, run_dir=_flag(parsed, "run_dir"))
     done = driver.generate(
@@ -187,7 +194,7 @@ def evaluate_command(parsed: Parsed, argv: Sequence[str]) -> str:
     if jax.process_index() != 0:
         return f"done: process {jax.process_index()} holds {done.owned} images, wrote {len(done.written)}"
     check_complete(
-        layout.jobs, model.config.model.resolution, benchmark, "rerun the same command to generate them"
+        layout, model.config.model.resolution, benchmark, "rerun the same command to generate them"
     )
     extra, summary = dict(layout.extra), ""
     if layout.sets:

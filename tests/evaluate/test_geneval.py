@@ -131,3 +131,15 @@ def test_deleted_and_damaged_images_are_regenerated_identically(export, capsys):
     assert {k: v for k, v in now.items() if k.startswith("00001/")} == {
         k: v for k, v in before.items() if k.startswith("00001/")
     }
+
+
+def test_check_only_wants_every_metadata_file(export, capsys):
+    metadata_file, out, files = export
+    check = ("--benchmark", "geneval", "--prompts", metadata_file, "--out", out, "--check_only")
+    assert evaluate(*check) == 0
+    (out / "00001" / "metadata.jsonl").unlink()
+    assert evaluate(*check) == 2
+    assert "1 geneval files are missing (first: " in capsys.readouterr().err
+    run_again(export)
+    assert (out / "00001" / "metadata.jsonl").read_bytes() == files["00001/metadata.jsonl"][1]
+    assert evaluate(*check) == 0
