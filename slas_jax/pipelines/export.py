@@ -53,8 +53,9 @@ def diffusers_source(checkpoint: str | Path) -> Path:
     folder = Path(checkpoint)
     if not is_converted(folder):
         return folder
-    source = Path(read_marker(folder).get("source", ""))
-    if not (source / "model_index.json").is_file():
+    recorded = read_marker(folder).get("source")
+    source = Path(recorded or "<not recorded>")
+    if not recorded or not (source / "model_index.json").is_file():
         raise ConversionError(
             f"converted folder {folder} was made from the diffusers folder {source}, which is gone; a diffusers "
             "export reads its tensor names and links its other components: put it back there, or set "
