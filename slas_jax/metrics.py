@@ -108,8 +108,9 @@ class WandB:
 
 
 class MetricsWriter:
-    """Fans each logged step out to ``backends``; ``close`` closes them all (call it when the run ends, also
-    on failure, so event files are flushed)."""
+    """Fans each logged step out to ``backends``; ``close`` closes them all when the run ends. Every write
+    reaches the disk (TensorBoard flushes per step) or wandb (which finishes a run that dies at exit), so a
+    failed run keeps what it logged without a close."""
 
     def __init__(self, backends: Sequence[MetricsBackend]):
         self.backends = list(backends)
