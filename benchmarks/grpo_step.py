@@ -7,7 +7,7 @@ Measures, for one model of ``workloads.MODELS``, interleaved (slas-jax, PyTorch,
 
 - rollout: images/s of B stochastic trajectories with log-probs;
 - GRPO step: rollout + reward + advantages + every optimizer update over the trained transitions;
-- slas-jax's parts: the rollout alone and one loss + gradient slice alone, and the ratio of the full step to
+- each side's parts: the rollout alone and one loss + gradient slice alone, and the ratio of the full step to
   rollout + (trained slices) x slice (issue 22's bound: <= 1.5x for the shapes UNet);
 - compile seconds of each slas-jax stage (``lower(...).compile()``, apart from the first run), each side's
   peak host memory (``ru_maxrss`` of its own process), and achieved FLOP/s as a fraction of the machine's
@@ -63,13 +63,13 @@ def summarize(
     best = {side: {stage: timings.best(side, stage) for stage in STAGES} for side in infos}
     peak = max(infos[side]["flops"]["matmul"] / best[side]["matmul"] for side in infos)
     jax_best = best[JAX]
-    parts = jax_best["rollout"] + infos[JAX]["trained_slices"] * jax_best["slice"]
+    slices = infos[JAX]["trained_slices"]
     return {
         "best_s": best,
         "images_per_s": {side: workload.batch / best[side]["rollout"] for side in infos},
         # PyTorch seconds / slas-jax seconds, per PyTorch side: > 1 means slas-jax is faster.
         "speed_ratio": {
-            side: {stage: best[side][stage] / jax_best[stage] for stage in ("rollout", "step")}
+            side: {stage: best[side][stage] / jax_best[stage] for stage in ("rollout", "step", "slice")}
             for side in infos
             if side != JAX
         },
@@ -86,14 +86,15 @@ def summarize(
             }
             for side in infos
         },
+        # The step against what it is made of, each part timed alone: rollout + slices x one slice.
         "parts": {
-            "rollout_s": jax_best["rollout"],
-            "slice_s": jax_best["slice"],
-            "trained_slices": infos[JAX]["trained_slices"],
-            "sum_s": parts,
-            "step_s": jax_best["step"],
-            "step_over_parts": jax_best["step"] / parts,
-            "update_s": jax_best["step"] - jax_best["rollout"],
+            side: {
+                "sum_s": best[side]["rollout"] + slices * best[side]["slice"],
+                "step_over_parts": best[side]["step"]
+                / (best[side]["rollout"] + slices * best[side]["slice"]),
+                "update_s": best[side]["step"] - best[side]["rollout"],
+            }
+            for side in infos
         },
         "compile_s": compile_s,
         "first_run_s": timings.first,
@@ -102,7 +103,7 @@ def summarize(
 
 
 def tables(workload: Workload, summary: dict[str, Any], infos: dict[str, dict]) -> str:
-    """The printed report: the side-by-side table, slas-jax's parts, the distance to peak."""
+    """The printed report: the side-by-side table with each side's parts and distance to peak."""
     sides = list(infos)
     others = [side for side in sides if side != JAX]
     best, ratio = summary["best_s"], summary["speed_ratio"]
@@ -116,6 +117,8 @@ def tables(workload: Workload, summary: dict[str, Any], infos: dict[str, dict]) 
         + " at the rounds' starts"
     )
 
+    compiled = "{rollout:.1f} / {step:.1f} / {slice:.1f}".format(**summary["compile_s"])
+
     def achieved(side: str, stage: str) -> str:
         a = summary["achieved"][side][stage]
         return f"{a['flops_per_s'] / 1e9:.1f} G ({a['fraction_of_peak']:.1%})"
@@ -123,11 +126,15 @@ def tables(workload: Workload, summary: dict[str, Any], infos: dict[str, dict]) 
     def row(label: str, values: list[Any], stage: str | None = None) -> list[Any]:
         return [label, *values, *(ratio[o][stage] if stage else None for o in others)]
 
+    parts = summary["parts"]
     rows = [
         row("rollout (s)", [best[s]["rollout"] for s in sides], "rollout"),
         row("rollout (images/s)", [summary["images_per_s"][s] for s in sides], "rollout"),
         row("GRPO step (s)", [best[s]["step"] for s in sides], "step"),
-        row("compile, step (s)", [summary["compile_s"]["step"], *(["-"] * len(others))]),
+        row("one loss+grad slice alone (s)", [best[s]["slice"] for s in sides], "slice"),
+        row(f"rollout + {workload.slices} x slice (s)", [parts[s]["sum_s"] for s in sides]),
+        row("step / (rollout + slices)", [parts[s]["step_over_parts"] for s in sides]),
+        row("compile: rollout / step / slice (s)", [compiled, *(["-"] * len(others))]),
         row("first step after compile (s)", [summary["first_run_s"][s].get("step") for s in sides]),
         row("peak host memory (MiB)", [round(infos[s]["peak_rss_mb"]) for s in sides]),
         *(
@@ -136,25 +143,13 @@ def tables(workload: Workload, summary: dict[str, Any], infos: dict[str, dict]) 
         ),
     ]
     header = ["", *sides, *(f"ratio vs {o}" for o in others)]
-    parts = summary["parts"]
-    parts_rows = [
-        ["rollout alone", parts["rollout_s"]],
-        [f"one loss+grad slice alone (x {parts['trained_slices']})", parts["slice_s"]],
-        ["sum of parts", parts["sum_s"]],
-        ["full GRPO step", parts["step_s"]],
-        ["step / sum of parts", parts["step_over_parts"]],
-        [
-            "compile: rollout / step / slice",
-            "{rollout:.1f} / {step:.1f} / {slice:.1f}".format(**summary["compile_s"]),
-        ],
-    ]
     return "\n\n".join(
         [
             heading,
             table(header, rows),
-            f"slas-jax parts (s); matmul peak {summary['matmul_peak_flops'] / 1e9:.1f} GFLOP/s float32; ratio: "
-            "PyTorch seconds / slas-jax seconds (> 1: slas-jax faster)",
-            table(["", "slas-jax"], parts_rows),
+            f"ratio: PyTorch seconds / slas-jax seconds (> 1: slas-jax faster); matmul peak "
+            f"{summary['matmul_peak_flops'] / 1e9:.1f} GFLOP/s float32; FLOPs as each side counts them "
+            "(XLA cost analysis, a lower bound; PyTorch FlopCounterMode, matmul-class ops)",
         ]
     )
 

@@ -11,7 +11,8 @@ diffusers use (DDIM with eta as ``ddim_step_with_logprob``, DanceGRPO's ``flux_s
 with slas-jax's conventions: float32 log-density averaged over the non-batch dimensions, 0 where a step is
 deterministic (std 0, or outside ``sampler.sde_window``). On CUDA the models run under bfloat16 autocast.
 
-Stages: ``matmul`` (one float32 (n, n) @ (n, n)), ``rollout`` and ``step``, as the slas-jax side.
+Stages: ``matmul`` (one float32 (n, n) @ (n, n)), ``rollout``, ``step`` and ``slice`` (one (micro-batch,
+timestep) forward + backward), as the slas-jax side.
 """
 
 from __future__ import annotations
@@ -214,7 +215,13 @@ class TorchSide:
         self.uncond_tokens = torch.tensor(spec["uncond_tokens"], device=self.device)
         a = torch.ones(MATMUL, MATMUL, device=self.device)
         self._matmul_args = (a, a)
-        self.stages = {"matmul": self.run_matmul, "rollout": self.run_rollout, "step": self.run_step}
+        self._slice_data = self.synthetic_slice_data()
+        self.stages = {
+            "matmul": self.run_matmul,
+            "rollout": self.run_rollout,
+            "step": self.run_step,
+            "slice": self.run_slice,
+        }
         self._flops: dict[str, float] | None = None
 
     # ---- model calls
@@ -375,36 +382,52 @@ class TorchSide:
         self.step()
         self._sync()
 
+    def run_slice(self) -> None:
+        self.one_slice()
+        self._sync()
+
     def compile(self) -> dict[str, float]:
         return {}
 
-    def count_flops(self) -> dict[str, float]:
-        """FLOPs of the matmul-class ops (mm, bmm, conv, attention) that FlopCounterMode has formulas for:
-        one backbone call at batch B and one slice's forward + backward, on random latents (the count does
-        not depend on their values); a rollout is T calls, a step adds (trained slices) slices. Elementwise
-        ops are not counted (XLA's counts include them)."""
+    def synthetic_slice_data(self) -> dict[str, torch.Tensor]:
+        """Random stored transitions (B, T, *latent) with the prompt's text features, shaped as a rollout's
+        (what a slice costs does not depend on the values)."""
         n = self.tokens.shape[0] * self.spec["train"]["group_size"]
-        steps = self.sampler.num_steps
+        group, steps = self.spec["train"]["group_size"], self.sampler.num_steps
         with torch.no_grad():
             features, pooled = self._encode(self.tokens)
             self.uncond = self._encode(self.uncond_tokens)
-        group = self.spec["train"]["group_size"]
         latents = torch.randn(n, steps, *self.latent_shape, device=self.device)
-        data = {
+        return {
             "latents": latents,
             "next_latents": latents + 0.1 * torch.randn_like(latents),
             "log_probs": torch.zeros(n, steps, device=self.device),
             "cond": (features.repeat_interleave(group, 0), pooled.repeat_interleave(group, 0)),
         }
-        i = torch.zeros(n, dtype=torch.long, device=self.device)
-        with FlopCounterMode(display=False) as forward, torch.no_grad():
-            self._denoise(self.model, latents[:, 0], i, data["cond"])
+
+    def one_slice(self) -> None:
+        """One (micro-batch, timestep) slice's forward + backward at the first trained step, gradients then
+        dropped: the unit the step repeats (trained slices) times, as slas-jax's ``slice`` stage."""
         micro = self.spec["train"]["micro_batch_size"]
         first = torch.full((micro,), self.spec["loss"]["exclude_first_steps"], device=self.device)
-        with FlopCounterMode(display=False) as one_slice:
-            self.slice_loss(data, slice(0, micro), first, torch.ones(micro, device=self.device)).backward()
+        self.model.train()
+        self.slice_loss(
+            self._slice_data, slice(0, micro), first, torch.ones(micro, device=self.device)
+        ).backward()
         self.optimizer.zero_grad(set_to_none=True)
-        rollout = float(steps * forward.get_total_flops())
+
+    def count_flops(self) -> dict[str, float]:
+        """FLOPs of the matmul-class ops (mm, bmm, conv, attention) that FlopCounterMode has formulas for:
+        one backbone call at batch B and one slice's forward + backward; a rollout is T calls, a step adds
+        (trained slices) slices. Elementwise ops are not counted (XLA's counts include them)."""
+        data = self._slice_data
+        n = data["latents"].shape[0]
+        i = torch.zeros(n, dtype=torch.long, device=self.device)
+        with FlopCounterMode(display=False) as forward, torch.no_grad():
+            self._denoise(self.model, data["latents"][:, 0], i, data["cond"])
+        with FlopCounterMode(display=False) as one_slice:
+            self.one_slice()
+        rollout = float(self.sampler.num_steps * forward.get_total_flops())
         slice_flops = float(one_slice.get_total_flops())
         return {
             "matmul": 2.0 * MATMUL**3,
