@@ -15,9 +15,10 @@ its backbone, the config's sampler) or a run's latest train-state checkpoint (``
 - ``shapes``: the config's fixed sets (``eval.sets``) scored by its ground truth (``eval.scorer``), strict
   and partial, overall and per category, into ``<out>/shapes.json`` and ``shapes.md``.
 
-Image j of the prompt at index p is drawn from key fold_in(fold_in(PRNGKey(seed), p), j): the same image
-whatever the batch, devices, hosts or files already present. A rerun skips the valid images (a damaged one
-is regenerated, with a warning line), so an interrupted export resumes; ``--check_only`` only verifies.
+Image j of the prompt at index p is drawn from key fold_in(fold_in(PRNGKey(seed), p), j): the same noise
+whatever the batch, devices, hosts or files already present, and the same bytes for the same command. A
+rerun skips the valid images (a damaged one is regenerated, with a warning line), so an interrupted export
+resumes; ``--check_only`` only verifies.
 Each host takes its share of the prompts (``--multihost`` joins a multi-host run), each batch is split over
 the host's devices. ``manifest.json`` (in ``<out>``, for unigenbench in the image folder) records counts,
 seeds, model and command.
@@ -90,7 +91,17 @@ def define_flags(values: flags.FlagValues) -> None:
         "Generate nothing: verify the images; exit 2 when one is missing or damaged.",
         flag_values=values,
     )
-    flags.DEFINE_bool("multihost", False, "Join a multi-host run (Cloud TPU pods).", flag_values=values)
+    flags.DEFINE_bool(
+        "multihost",
+        False,
+        "Join a multi-host run (Cloud TPU pods: addresses are auto-detected).",
+        flag_values=values,
+    )
+    flags.DEFINE_string(
+        "coordinator_address", None, "host:port of process 0, when not auto-detected.", flag_values=values
+    )
+    flags.DEFINE_integer("num_processes", 1, "Processes in the run.", flag_values=values)
+    flags.DEFINE_integer("process_id", 0, "This process's index.", flag_values=values)
 
 
 COMMAND = Command(
@@ -174,7 +185,9 @@ def evaluate_command(parsed: Parsed, argv: Sequence[str]) -> str:
     if images_per_prompt < 1 or _flag(parsed, "batch_size") < 1:
         raise ConfigError("--images_per_prompt and --batch_size must be >= 1")
     if _flag(parsed, "multihost"):
-        parallel.initialize_distributed(None, 1, 0)
+        parallel.initialize_distributed(
+            _flag(parsed, "coordinator_address"), _flag(parsed, "num_processes"), _flag(parsed, "process_id")
+        )
     layout = plan(benchmark, parsed, config, out, images_per_prompt)
     if _flag(parsed, "check_only"):
         fix = "rerun without --check_only to generate them"

@@ -2,8 +2,10 @@
 from its own key, generated where missing or unreadable, sharded over the hosts and their devices.
 
 Image j of the prompt at index p is sampled with key ``fold_in(fold_in(PRNGKey(seed), p), j)`` by
-``generation.make_image_sampler`` (one rollout per image), so it does not depend on the batch, the devices,
-the hosts or which other images already exist: a deleted image is regenerated bit for bit. Existing files
+``generation.make_image_sampler`` (one rollout per image), so its noise does not depend on the batch, the
+devices, the hosts or which other images already exist, and with the same batch size and devices (one
+compiled shape: the last batch is padded) a deleted image is regenerated bit for bit; other shapes may
+round differently in the last float bits. Existing files
 are verified (a PNG that does not decode, or is not RGB at the model's resolution, is regenerated with a
 warning line); files are written atomically (temporary name, then rename), so an interrupted run leaves no
 half-written image. Each process takes every ``process_count``-th prompt (all of that prompt's images).

@@ -55,8 +55,9 @@ def make_image_sampler(pipeline: Pipeline, sampler: SamplerConfig) -> Callable[.
     in [0, 1]``: image b is the sampler's rollout (steps, noise, CFG, decode; ``grpo.rollout`` with one sample
     per prompt) on prompt row b with all its noise drawn from ``keys[b]``.
 
-    Each image is its own rollout under ``jax.vmap``, so it does not depend on the batch it was drawn in (its
-    size, its other rows, its position): a benchmark can regenerate any single image. Shardings follow the
+    Each image is its own rollout under ``jax.vmap``, so it does not depend on the other rows of the batch it
+    was drawn in: a benchmark can regenerate any single image (exactly, in a batch of the same shape; other
+    shapes compile to other code, whose float rounding may differ in the last bits). Shardings follow the
     arguments (e.g. the rows split over the mesh's batch axes, parameters on theirs).
     """
 
