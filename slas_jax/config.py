@@ -247,9 +247,20 @@ class TrainConfig:
     wandb_project: str | None = None
     """Every logged metric also to this Weights & Biases project (process 0; needs the ``wandb`` extra,
     ``pip install 'slas-jax[wandb]'``); None: no W&B."""
+    profile_steps: tuple[int, int] | None = None
+    """Steps [start, stop) traced with ``jax.profiler`` into ``output_dir/profile`` (read by TensorBoard's
+    profile plugin or Perfetto); start after step 0 to leave compilation out. None: no trace."""
 
     def validate(self, name: str) -> None:
         require(self.num_steps >= 1, f"{name}.num_steps", "must be >= 1")
+        if self.profile_steps is not None:
+            start, stop = self.profile_steps
+            require(
+                0 <= start < stop <= self.num_steps,
+                f"{name}.profile_steps",
+                f"must be (start, stop) with 0 <= start < stop <= num_steps = {self.num_steps}, "
+                f"got {self.profile_steps}",
+            )
         require(self.prompts_per_step >= 1, f"{name}.prompts_per_step", "must be >= 1")
         require(
             self.group_size >= 2,

@@ -159,8 +159,12 @@ def run(config: Config) -> list[dict[str, float]]:
     stop = _PreemptionFlag()
     started = time.perf_counter()
     bar = tqdm(range(int(state.step), tc.num_steps), desc="GRPO", unit="step", dynamic_ncols=True)
+    tracing = False
     for step in bar:
         start = time.perf_counter()
+        if tc.profile_steps is not None and step == tc.profile_steps[0]:
+            jax.profiler.start_trace(str(out_dir / "profile"))
+            tracing = True
         texts, batch = make_batch(int(state.data_index))
         state, metrics = train_step(state, batch, jax.random.fold_in(base_key, step), texts)
         images = metrics.pop("samples/images", None)
@@ -198,6 +202,9 @@ def run(config: Config) -> list[dict[str, float]]:
                 {"step": step + 1, "method": config.advantage.method, "reward": config.reward.name},
                 getattr(bundle.tokenize, "words", ()),
             )
+        if tracing and (stop.raised or step + 1 == tc.profile_steps[1]):
+            jax.profiler.stop_trace()
+            tracing = False
         if stop.raised:
             tqdm.write(f"stopped by signal after step {step + 1}; rerun the same command to resume")
             break

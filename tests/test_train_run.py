@@ -21,11 +21,15 @@ def test_default_job_runs_and_logs_metrics(tmp_path):
         "--config.train.prompts_per_step=2",
         "--config.train.micro_batch_size=8",
         "--config.train.checkpoint_every=1",
+        "--config.train.profile_steps=(1,2)",
         f"--config.train.output_dir={tmp_path}",
         timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "done: 2 steps" in out.stdout
+    assert list((tmp_path / "profile").rglob("*.xplane.pb")), (
+        "train.profile_steps wrote no jax.profiler trace"
+    )
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [0, 1]
     assert records[0]["first_ratio_max_dev"] < 1e-5
