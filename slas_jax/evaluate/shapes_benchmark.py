@@ -13,6 +13,7 @@ The library names the scorer and the sources only through their registries: it n
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,14 +57,25 @@ def scorer_of(config: Config) -> Scorer:
     return SCORERS.get(config.eval.scorer)
 
 
+def prompt_index(set_name: str, position: int) -> int:
+    """The key index of the prompt at ``position`` (< 2^20) of the set ``set_name``: 12 bits of the name's
+    CRC-32 above 20 bits of position, a uint32 as ``jax.random.fold_in`` takes it."""
+    if not 0 <= position < 2**20:
+        raise ConfigError(
+            f"the shapes benchmark indexes at most 2^20 prompts per set, got position {position}"
+        )
+    return (zlib.crc32(set_name.encode()) % 4096) << 20 | position
+
+
 def benchmark_sets(config: Config, out: Path, num_prompts: int, images_per_prompt: int) -> list[BenchmarkSet]:
     """The sets of ``eval.sets``: the first ``num_prompts`` prompts of each (0: all, for a source with a
     length), in its seeded order (the order the in-training evaluation reads its first ``eval.num_prompts``
-    from); image j of the prompt at position p at ``<out>/<set>/<p:05d>_<j>.png``, its key indexed by
-    the set's number times 10^6 plus p, so no two sets share noise."""
+    from); image j of the prompt at position p at ``<out>/<set>/<p:05d>_<j>.png``, its key's prompt index
+    :func:`prompt_index` (the set's name in its high bits), so no two sets share noise and adding a set
+    changes no other set's images."""
     scorer = scorer_of(config)
     sets = []
-    for number, (name, spec) in enumerate(config.eval.sets.items()):
+    for name, spec in config.eval.sets.items():
         field = f"eval.sets.{name}"
         source = build_prompt_source(DataConfig(name=spec["name"], options=spec.get("options", {})), field)
         check_reads(
@@ -83,7 +95,7 @@ def benchmark_sets(config: Config, out: Path, num_prompts: int, images_per_promp
                 ) from e
         prompts, arrays = source.batch(0, count)
         jobs = [
-            ImageJob(number * 10**6 + p, j, prompt, out / name / f"{p:05d}_{j}.png")
+            ImageJob(prompt_index(name, p), j, prompt, out / name / f"{p:05d}_{j}.png")
             for p, prompt in enumerate(prompts)
             for j in range(images_per_prompt)
         ]

@@ -66,3 +66,9 @@ def test_markdown_table():
         "| s | all | 4 | 0.500 | 25.0% |",
         "| s | colors | 4 | 0.500 | 25.0% |",
     ]
+
+
+def test_each_set_keys_its_own_prompts():
+    assert shapes_benchmark.prompt_index("train", 3) != shapes_benchmark.prompt_index("held_out", 3)
+    assert shapes_benchmark.prompt_index("train", 3) - shapes_benchmark.prompt_index("train", 0) == 3
+    assert 0 <= shapes_benchmark.prompt_index("zz", 2**20 - 1) < 2**32
