@@ -36,7 +36,7 @@ from slas_jax.evaluate.fixed_sets import repeat_rows
 from slas_jax.evaluate.shapes_benchmark import benchmark_sets, read_images
 from slas_jax.experiments import stats
 from slas_jax.experiments.plots import save_categories, save_curves
-from slas_jax.experiments.runner import FINAL_EVAL, Plan, is_done
+from slas_jax.experiments.runner import FINAL_EVAL, Plan, attempts, is_done
 from slas_jax.metrics import read_metrics
 from slas_jax.scorers import SCORERS
 
@@ -65,6 +65,8 @@ class Run:
     plan: Plan
     records: list[dict[str, Any]]
     per_prompt: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    before: dict[str, float] = field(default_factory=dict)
+    """The fixed sets' scores before the first step (step 0 of the series), when known."""
 
     def curve(self, key: str) -> np.ndarray:
         """(num_steps,) float64 of ``key`` per step, NaN where not logged."""
@@ -76,7 +78,8 @@ class Run:
 
     def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """(steps done after the evaluation, values) of a key logged only at some steps."""
-        points = [(r["step"] + 1, r[key]) for r in self.records if r.get(key) is not None]
+        points = [(0, self.before[key])] if key in self.before else []
+        points += [(r["step"] + 1, r[key]) for r in self.records if r.get(key) is not None]
         return np.array([p[0] for p in points], np.int64), np.array([p[1] for p in points], np.float64)
 
 
@@ -110,10 +113,21 @@ def per_prompt_scores(plan: Plan) -> dict[str, dict[str, np.ndarray]]:
     }
 
 
+def scores_before(plan: Plan) -> dict[str, float]:
+    """The fixed sets' scores of the untrained model: ``final.json``'s "before" (written by the train run's
+    last process) when that process started at step 0; a resumed process's "before" is the resumed state,
+    so then none (its section of train.log says "resumed from step")."""
+    path = plan.run_dir / "final.json"
+    trains = [output for phase, output in attempts(plan.run_dir) if phase == "train"]
+    if not path.is_file() or not trains or "resumed from step" in trains[-1]:
+        return {}
+    return {k: float(v) for k, v in json.loads(path.read_text()).get("before", {}).items()}
+
+
 def load_runs(plans: Sequence[Plan]) -> list[Run]:
     """The finished cells' data."""
     return [
-        Run(plan, read_metrics(plan.run_dir / "metrics.jsonl"), per_prompt_scores(plan))
+        Run(plan, read_metrics(plan.run_dir / "metrics.jsonl"), per_prompt_scores(plan), scores_before(plan))
         for plan in plans
         if is_done(plan)
     ]

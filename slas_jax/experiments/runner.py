@@ -113,6 +113,19 @@ def last_logged_step(run_dir: Path) -> int:
     return last
 
 
+def attempts(run_dir: Path) -> list[tuple[str, str]]:
+    """(phase, output) of each process the runner started for a cell, oldest first: the sections of its
+    train.log, each under a ``=== <date> <time> <phase>: <argv>`` line."""
+    path = run_dir / LOG
+    if not path.is_file():
+        return []
+    found = []
+    for part in path.read_text().split("\n=== ")[1:]:
+        header, _, output = part.partition("\n")
+        found.append((header.split(" ")[2].rstrip(":"), output))
+    return found
+
+
 def is_done(plan: Plan) -> bool:
     return (plan.run_dir / DONE).is_file()
 

@@ -8,7 +8,7 @@ import pytest
 
 from slas_jax.errors import ConfigError, UserError
 from slas_jax.experiments.grid import Cell
-from slas_jax.experiments.runner import grid_lock, last_logged_step, plan_cells
+from slas_jax.experiments.runner import attempts, grid_lock, last_logged_step, plan_cells
 
 CELL = Cell("method-a__seed-0", {"method": "a", "seed": "0"}, "configs/shapes_cpu.py", ("train.seed=0",))
 
@@ -60,3 +60,14 @@ def test_one_runner_per_grid_folder(tmp_path: Path):
         pass
     with grid_lock(tmp_path):  # released when its holder is done
         pass
+
+
+def test_the_sections_of_a_cells_log(tmp_path):
+    (tmp_path / "train.log").write_text(
+        "\n=== 2026-01-01 10:00:00 train: -m slas_jax.train --config x\nGRPO 1/4\n"
+        "\n=== 2026-01-01 10:05:00 train: -m slas_jax.train --config x\nresumed from step 2 in y\n"
+        "\n=== 2026-01-01 10:09:00 final_eval: -m slas_jax.evaluate --benchmark=shapes\ndone: 512 images\n"
+    )
+    found = attempts(tmp_path)
+    assert [phase for phase, _ in found] == ["train", "train", "final_eval"]
+    assert "resumed from step 2" in found[1][1] and "resumed" not in found[0][1]

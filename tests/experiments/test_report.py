@@ -1,0 +1,69 @@
+"""report.md from synthetic run folders whose answers are known: a treatment that reaches the target in
+half the steps and whose proxy-truth gap stays flat while the control's grows."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from slas_jax.experiments.grid import Cell
+from slas_jax.experiments.report import write_report
+from slas_jax.experiments.runner import DONE, Plan
+
+STEPS = 20
+
+
+def finished_cell(out: Path, method: str, seed: int, reward: np.ndarray, truth: np.ndarray) -> Plan:
+    labels = {"method": method, "seed": str(seed)}
+    cell = Cell(f"method-{method}__seed-{seed}", labels, "configs/brightness_cpu.py", ())
+    run_dir = out / cell.name
+    run_dir.mkdir(parents=True)
+    records = [
+        {"step": s, "reward_mean": float(r), "truth/partial": float(t)}
+        for s, (r, t) in enumerate(zip(reward, truth, strict=True))
+    ]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (run_dir / DONE).write_text("{}\n")
+    return Plan(cell, run_dir, None, STEPS)
+
+
+def test_claims_read_from_the_run_folders(tmp_path):
+    rng = np.random.default_rng(0)
+    steps = np.arange(STEPS)
+    plans = []
+    for seed in range(3):
+        noise = rng.normal(0, 1e-4, size=(2, STEPS))
+        # control: reward 0.40 -> 0.495 (target 0.4775 after 17 steps), truth flat: the gap grows by ~0.095
+        plans.append(finished_cell(tmp_path, "dance", seed, 0.4 + 0.005 * steps + noise[0], 0.4 + noise[1]))
+        # treatment: twice as fast (9 steps), truth follows the reward: the gap stays flat
+        reward = 0.4 + 0.01 * steps + noise[0]
+        plans.append(finished_cell(tmp_path, "slas", seed, reward, reward - 0.02 + noise[1]))
+    plans.append(
+        Plan(
+            Cell("method-slas__seed-9", {"method": "slas", "seed": "9"}, "x", ()),
+            tmp_path / "none",
+            None,
+            STEPS,
+        )
+    )
+    settings = {
+        "control": "dance",
+        "treatments": ("slas",),
+        "target_reward": 0.4775,
+        "window": 1,
+        "n_boot": 500,
+    }
+    path = write_report(tmp_path, plans, settings, "python -m slas_jax.experiments --config grid.py")
+    report = path.read_text()
+    assert "6 of 7 cells finished" in report and "`python -m slas_jax.experiments --config grid.py`" in report
+    rows = {line.split(" | ")[3]: line for line in report.splitlines() if line.startswith("| claim")}
+    claim1 = rows["steps to target"].split(" | ")
+    assert claim1[5] == "-8.000 [-8.000, -8.000]"
+    assert claim1[-1] == "supported |"
+    hacking = rows["hacking: gap growth"].split(" | ")
+    assert -0.1 < float(hacking[5].split()[0]) < -0.09
+    assert hacking[-1] == "supported |"
+    assert rows["held-out truth"].endswith("| not tested |")
+    assert "| method-slas | 3 | 9.0 [9.0, 9.0] |" in report
+    assert "| method-dance | 3 | 17.0 [17.0, 17.0] |" in report
+    assert (tmp_path / "curves.png").is_file() and not (tmp_path / "categories.png").exists()
