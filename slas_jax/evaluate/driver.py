@@ -32,7 +32,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from slas_jax import parallel
-from slas_jax.config import SamplerConfig, json_ready
+from slas_jax.config import ConfigError, SamplerConfig, json_ready
 from slas_jax.errors import UserError
 from slas_jax.evaluate.generation import make_image_sampler
 from slas_jax.evaluate.model import EvalModel
@@ -148,7 +148,10 @@ def generate(
     except ValueError as e:
         raise UserError(f"{e} (a word-level testbed tokenizer takes short prompts only)") from e
     mc = config.mesh
-    mesh = parallel.make_mesh(data=-1, fsdp=mc.fsdp, tensor=mc.tensor, devices=jax.local_devices())
+    try:
+        mesh = parallel.make_mesh(data=-1, fsdp=mc.fsdp, tensor=mc.tensor, devices=jax.local_devices())
+    except ValueError as e:
+        raise ConfigError(f"config.mesh: over this host's devices, {e}") from e
     param_shardings = parallel.state_shardings(bundle.params, mesh)
     frozen_shardings = jax.tree.map(lambda _: parallel.replicated(mesh), bundle.frozen)
     params = jax.device_put(bundle.params, param_shardings)
