@@ -309,7 +309,8 @@ class Runner:
                         outcome.finished_now += 1
                 if time.monotonic() - refreshed >= REFRESH_S or not running:
                     refreshed = time.monotonic()
-                    bar.n = sum(steps_done(plan) for plan in self.plans)
+                    # update(), not n =, so that tqdm's rate and ETA follow the steps of this sitting
+                    bar.update(sum(steps_done(plan) for plan in self.plans) - bar.n)
                     done = sum(is_done(plan) for plan in self.plans)
                     bar.set_postfix_str(
                         f"cells {done} done, {len(running)} running, {outcome.total - done - len(running)} left"
