@@ -10,6 +10,12 @@ Blocks (36 cells of 150 steps):
 - a higher learning rate (3e-4) for DanceGRPO and SLAS (gamma 1), where reward hacking should show sooner;
 - the UNet backbone for DanceGRPO and SLAS (gamma 1).
 
+Cost, from the pilot (configs/experiments/pilot.py, 4 steps per cell, the 2 cores shared at load 8-10):
+a flow step 15-18 s, a UNet step 21 s, a fixed-set evaluation (2 x 256 images) 85-105 s on flow and 50-75 s
+on the UNet, start-up and compilation 3-4 min and the final benchmark 1-2 min per cell. A 150-step cell is
+then about an hour, and the grid about 36 hours: some nine 4-hour sittings, not a few. The evaluations
+are a fifth of it (``eval.every=50`` would save 3 of the 7).
+
 Claim 3 (model scaling) needs the flow backbone at a second size; no larger pretrained shapes flow base
 exists yet, so the grid has no size axis and the report says the claim is not tested. A seed is the
 training run's seed (rollout noise); the evaluation's prompts and noise are the same in every cell.

@@ -243,14 +243,16 @@ class Comparison:
 def compare(
     claim: str, measure: str, direction: str, treat: np.ndarray | None, ctrl: np.ndarray | None, names, n_boot
 ) -> Comparison:
+    """The treatment-minus-control row of a claim; with fewer than 2 seeds in an arm the seed-to-seed spread
+    is unmeasured, so the interval (over prompts at most) gets no verdict."""
     if treat is None or ctrl is None or treat.ndim != ctrl.ndim:
         return Comparison(claim, *names, measure, None, float("nan"), "not tested", (0, 0))
+    seeds = (len(treat), len(ctrl))
     effect = stats.bootstrap_difference(treat, ctrl, n_boot=n_boot)
     per_seed = (treat.mean(1) if treat.ndim == 2 else treat, ctrl.mean(1) if ctrl.ndim == 2 else ctrl)
-    mde = stats.minimum_detectable_effect(stats.pooled_std(*per_seed), len(treat), len(ctrl))
-    return Comparison(
-        claim, *names, measure, effect, mde, stats.verdict(effect, direction), (len(treat), len(ctrl))
-    )
+    mde = stats.minimum_detectable_effect(stats.pooled_std(*per_seed), *seeds)
+    verdict = stats.verdict(effect, direction) if min(seeds) >= 2 else "not tested (one seed)"
+    return Comparison(claim, *names, measure, effect, mde, verdict, seeds)
 
 
 def _git_commit() -> str:
@@ -388,7 +390,7 @@ def _claims(groups, values, settings, method_axis) -> list[Comparison]:
 def _non_inferiority(row: Comparison) -> Comparison:
     """Claim 5 says SLAS keeps fidelity: supported when the category is not worse by the MDE (the interval's
     low end above -MDE), contradicted when it is worse (the interval below 0)."""
-    if row.effect is None:
+    if row.effect is None or min(row.seeds) < 2:
         return row
     if row.effect.high < 0:
         verdict = "contradicted"
