@@ -1,6 +1,8 @@
 """The runner's bookkeeping without training: cells' plans, a metrics file read while it is written, the
 grid lock. (tests/experiments/test_experiments_cli.py runs real cells, kills and resumes them.)"""
 
+import json
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -8,7 +10,7 @@ import pytest
 
 from slas_jax.errors import ConfigError, UserError
 from slas_jax.experiments.grid import Cell
-from slas_jax.experiments.runner import attempts, grid_lock, last_logged_step, plan_cells
+from slas_jax.experiments.runner import DONE, Plan, Runner, attempts, grid_lock, last_logged_step, plan_cells
 
 CELL = Cell("method-a__seed-0", {"method": "a", "seed": "0"}, "configs/shapes_cpu.py", ("train.seed=0",))
 
@@ -71,3 +73,74 @@ def test_the_sections_of_a_cells_log(tmp_path):
     found = attempts(tmp_path)
     assert [phase for phase, _ in found] == ["train", "train", "final_eval"]
     assert "resumed from step 2" in found[1][1] and "resumed" not in found[0][1]
+
+
+FAKE_TRAIN = """
+import json, signal, sys, time
+from pathlib import Path
+run_dir, steps, seconds, code = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+(run_dir / "started").write_text(str(time.time()))
+if code:
+    print("error: boom")
+    sys.exit(code)
+metrics = run_dir / "metrics.jsonl"
+start = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+for step in range(start, steps):
+    time.sleep(seconds)
+    with metrics.open("a") as f:
+        f.write(json.dumps({"step": step}) + "\\n")
+    if stop:
+        (run_dir / "terminated").write_text("")
+        break
+else:
+    (run_dir / "checkpoints" / str(steps)).mkdir(parents=True)
+(run_dir / "ended").write_text(str(time.time()))
+"""
+
+
+class FakePlan(Plan):
+    """A cell whose train phase is a stand-in for the train CLI: ``seconds`` per step, on SIGTERM the train
+    loop's behaviour (finish the step, stop, exit 0); ``code`` != 0: fails at start with one line."""
+
+    def __init__(self, out: Path, name: str, steps: int, seconds: float, code: int = 0):
+        cell = Cell(name, {"seed": name}, "x", ())
+        super().__init__(cell, out / name, None, steps, ())
+        object.__setattr__(self, "args", (str(seconds), str(code)))
+
+    def commands(self):
+        return [
+            ("train", [sys.executable, "-c", FAKE_TRAIN, str(self.run_dir), str(self.num_steps), *self.args])
+        ]
+
+
+def test_cells_run_side_by_side_and_a_failed_one_does_not_stop_the_grid(tmp_path):
+    plans = [
+        FakePlan(tmp_path, "a", 3, 0.3),
+        FakePlan(tmp_path, "b", 3, 0.3),
+        FakePlan(tmp_path, "c", 1, 0.0, 3),
+    ]
+    outcome = Runner(plans, parallel=2).run(progress=False)
+    assert (outcome.done, outcome.finished_now, outcome.stopped) == (2, 2, None)
+    assert list(outcome.failed) == ["c"] and outcome.failed["c"] == "train exit 3: error: boom"
+    started = [float((tmp_path / n / "started").read_text()) for n in "ab"]
+    ended = [float((tmp_path / n / "ended").read_text()) for n in "ab"]
+    assert max(started) < min(ended)  # a and b overlapped
+    assert json.loads((tmp_path / "a" / DONE).read_text())["steps"] == 3
+    again = Runner(plans, parallel=2).run(progress=False)  # only the failed cell runs again
+    assert (again.finished_now, list(again.failed)) == (0, ["c"])
+    assert float((tmp_path / "a" / "started").read_text()) == started[0]
+
+
+def test_the_budget_stops_the_running_cell_cleanly_and_starts_no_other(tmp_path):
+    plans = [FakePlan(tmp_path, "a", 50, 0.1), FakePlan(tmp_path, "b", 2, 0.1)]
+    outcome = Runner(plans, max_minutes=0.01).run(progress=False)
+    assert outcome.stopped == "stopped at the 0.01-minute budget"
+    assert (outcome.done, outcome.half) == (0, 1)
+    assert (tmp_path / "a" / "terminated").is_file() and not (tmp_path / "a" / DONE).exists()
+    assert not (tmp_path / "b").exists()
+    assert outcome.seconds < 10
+    finished = Runner(plans).run(progress=False)  # the next sitting continues where the first stopped
+    assert (finished.done, finished.stopped) == (2, None)
+    assert last_logged_step(tmp_path / "a") == 49
