@@ -15,8 +15,8 @@ Only finished cells (``done.json``) count. Where a run holds them, the measures 
 
 The report config (the grid config's ``report``): ``method_axis`` ("method"), ``seed_axis`` ("seed"),
 ``size_axis`` ("size"), ``control`` (the baseline's method label, "dance_grpo"), ``treatments`` (method
-labels compared with it), ``target_reward`` (None: halfway from the grid's mean first-step reward to the
-median final one), ``window`` (steps of the moving average on per-step curves, 5), ``n_boot`` (2000).
+labels compared with it), ``target_reward`` (None: per context, the cells sharing every label but the
+method and the seed, halfway from their mean first-step reward to their median final one), ``window`` (steps of the moving average on per-step curves, 5), ``n_boot`` (2000).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ DEFAULTS = {
 @dataclass
 class Run:
     """A finished cell's data: ``records`` (metrics.jsonl) and, from its final benchmark, ``per_prompt``:
-    set -> {"truth": (prompts,) float64 ground truth per prompt, "tags": (prompts,) int category}."""
+    set -> {"truth": {metric: (prompts,) float64 ground truth per prompt}, "tags": (prompts,) int category}."""
 
     plan: Plan
     records: list[dict[str, Any]]
@@ -137,6 +137,19 @@ def group_name(labels: Mapping[str, str], seed_axis: str) -> str:
     return "__".join(f"{axis}-{label}" for axis, label in labels.items() if axis != seed_axis) or "all"
 
 
+def context_of(labels: Mapping[str, str], settings: Mapping[str, Any]) -> str:
+    """The labels but the method and the seed: the cells a method is compared within."""
+    kept = {k: v for k, v in labels.items() if k != settings["method_axis"]}
+    return group_name(kept, settings["seed_axis"])
+
+
+def _halfway(runs: Sequence[Run], window: int) -> float:
+    """Halfway from the runs' mean first-step training reward to their median final one."""
+    first = np.mean([run.curve("reward_mean")[0] for run in runs])
+    last = np.median([_last_window(run.curve("reward_mean"), window) for run in runs])
+    return float(first + 0.5 * (last - first))
+
+
 def _last_window(curve: np.ndarray, window: int) -> float:
     values = curve[np.isfinite(curve)]
     return float(np.mean(values[-window:])) if len(values) else float("nan")
@@ -145,14 +158,16 @@ def _last_window(curve: np.ndarray, window: int) -> float:
 class Measures:
     """Each measure of a run, as a (prompts,) array when per-prompt scores exist, else a float."""
 
-    def __init__(self, settings: Mapping[str, Any], target: float):
+    def __init__(self, settings: Mapping[str, Any], targets: Mapping[str, float]):
         self.s = settings
-        self.target = target
+        self.targets = targets
+        """Target training reward by context (:func:`context_of`)."""
 
     def steps_to_target(self, run: Run) -> float:
         """Steps until the moving average of the rollout reward reaches the target; a run that never does
         counts as its length (censored: the estimate is then a lower bound)."""
-        reached = stats.steps_to_target(run.curve("reward_mean"), self.target, self.s["window"])
+        target = self.targets[context_of(run.plan.cell.labels, self.s)]
+        reached = stats.steps_to_target(run.curve("reward_mean"), target, self.s["window"])
         return float(run.plan.num_steps if reached is None else reached)
 
     def final_reward(self, run: Run) -> float:
@@ -274,12 +289,16 @@ def write_report(out: Path, plans: Sequence[Plan], report_config: Mapping[str, A
     groups: dict[str, list[Run]] = {}
     for run in runs:
         groups.setdefault(group_name(run.plan.cell.labels, seed_axis), []).append(run)
-    target = settings["target_reward"]
-    if target is None and runs:
-        first = np.mean([run.curve("reward_mean")[0] for run in runs])
-        last = np.median([_last_window(run.curve("reward_mean"), settings["window"]) for run in runs])
-        target = float(first + 0.5 * (last - first))
-    measures = Measures(settings, float("nan") if target is None else target)
+    contexts: dict[str, list[Run]] = {}
+    for run in runs:
+        contexts.setdefault(context_of(run.plan.cell.labels, settings), []).append(run)
+    targets = {
+        context: _halfway(members, settings["window"])
+        if settings["target_reward"] is None
+        else float(settings["target_reward"])
+        for context, members in contexts.items()
+    }
+    measures = Measures(settings, targets)
     values = {
         name: {key: _stack([_value(measures, run, key) for run in members]) for _, key, _, _ in MEASURES}
         for name, members in groups.items()
@@ -290,8 +309,10 @@ def write_report(out: Path, plans: Sequence[Plan], report_config: Mapping[str, A
         f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} at commit `{_git_commit()}` by "
         f"`{command}`. {len(runs)} of {len(plans)} cells finished; only finished cells count.",
         "",
-        f"Target training reward for 'steps to target': {target if target is None else f'{target:.4f}'} "
-        f"(moving average over {settings['window']} steps; a run that never reaches it counts as its length).",
+        "Target training reward for 'steps to target' (moving average over "
+        f"{settings['window']} steps; a run that never reaches it counts as its length): "
+        + (", ".join(f"{context} {target:.4f}" for context, target in targets.items()) or "none")
+        + ".",
         "",
         "## Per group: mean [95% interval] over seeds",
         "",
