@@ -2,7 +2,9 @@
 grid lock. (tests/experiments/test_experiments_cli.py runs real cells, kills and resumes them.)"""
 
 import json
+import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -144,3 +146,25 @@ def test_the_budget_stops_the_running_cell_cleanly_and_starts_no_other(tmp_path)
     finished = Runner(plans).run(progress=False)  # the next sitting continues where the first stopped
     assert (finished.done, finished.stopped) == (2, None)
     assert last_logged_step(tmp_path / "a") == 49
+
+
+def test_a_cell_does_not_outlive_a_killed_runner(tmp_path):
+    """SIGKILL of the runner (no chance to forward anything): its cell gets SIGTERM from the kernel
+    (PR_SET_PDEATHSIG), finishes its step and stops, so no orphan keeps writing into the folder."""
+    script = (
+        "import runpy, sys; from pathlib import Path; from slas_jax.experiments.runner import Runner; "
+        f"fake = runpy.run_path({str(Path(__file__))!r})['FakePlan']; "
+        f"Runner([fake(Path({str(tmp_path)!r}), 'a', 1000, 0.05)]).run(progress=False)"
+    )
+    runner = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 60
+    while last_logged_step(tmp_path / "a") < 2:
+        assert runner.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    runner.kill()
+    runner.wait()
+    while not (tmp_path / "a" / "ended").is_file():
+        assert time.monotonic() < deadline, "the cell outlived its runner"
+        time.sleep(0.05)
+    assert (tmp_path / "a" / "terminated").is_file()
+    assert last_logged_step(tmp_path / "a") < 999
