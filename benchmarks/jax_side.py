@@ -175,13 +175,19 @@ class JaxSide:
         out = self.compiled["slice"](self.state.params, self.state.ref_params, *self._slice_args)
         jax.block_until_ready(out)
 
-    def rollout_flops(self) -> float:
-        """T guided denoiser calls from the rollout program's count (one call per scan body, module
-        docstring): s shared steps at batch P, then T - s at B, FLOPs linear in the batch."""
+    def rollout_calls(self) -> tuple[int, int]:
+        """(shared steps s, per-sample denoiser calls of the rollout): s steps at batch P (once per group,
+        ``rollout.shared_steps``), then T - s at batch B."""
         tc, sampler = self.config.train, self.pipeline.sampler
         s = shared_steps(sampler, tc.group_size, same_noise_in_group=self.config.sampler.same_noise_in_group)
-        per_sample = _flops(self.compiled["rollout"]) / (self.batch_size + (tc.prompts_per_step if s else 0))
-        return per_sample * (s * tc.prompts_per_step + (sampler.num_steps - s) * self.batch_size)
+        return s, s * tc.prompts_per_step + (sampler.num_steps - s) * self.batch_size
+
+    def rollout_flops(self) -> float:
+        """T guided denoiser calls from the rollout program's count (one call per scan body, module
+        docstring), FLOPs linear in the batch."""
+        s, calls = self.rollout_calls()
+        bodies = self.batch_size + (self.config.train.prompts_per_step if s else 0)
+        return _flops(self.compiled["rollout"]) / bodies * calls
 
     def trained_parameters(self) -> int:
         """Parameters ``optim.trainable`` selects (all when it is empty)."""
@@ -205,6 +211,9 @@ class JaxSide:
             "parameters": sum(x.size for x in jax.tree.leaves(self.state.params)),
             "trained_parameters": self.trained_parameters(),
             "trained_slices": self.slices,
+            # Denoiser calls the rollout makes, per sample, over T: below 1 where groups share steps.
+            "rollout_work_fraction": self.rollout_calls()[1]
+            / (self.config.sampler.num_steps * self.batch_size),
             "flops": {
                 "matmul": 2.0 * MATMUL**3,
                 "rollout": rollout,
