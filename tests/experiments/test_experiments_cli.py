@@ -87,7 +87,7 @@ def test_a_killed_grid_resumes_within_its_budget_and_writes_the_report(tmp_path)
     assert not (out / CELLS[3]).exists()  # no second cell started after the budget
 
     done = subprocess.run(
-        command(out, "--noprogress", "--parallel=1"),
+        command(out, "--noprogress", "--parallel=2"),
         cwd=ROOT,
         capture_output=True,
         text=True,
