@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from slas_jax import grpo, parallel, param_paths
 from slas_jax.config import load_config
-from slas_jax.losses import Transitions, policy_loss
+from slas_jax.losses import Transitions
 from slas_jax.pipelines import build_pipeline
 from slas_jax.rollout import shared_steps
 
@@ -81,7 +81,7 @@ class JaxSide:
         self.key = jax.random.PRNGKey(0)
         self.runs = 0
         self.slices = spec["slices"]
-        tc, sc, lc = config.train, config.sampler, config.loss
+        tc, sc = config.train, config.sampler
         self.batch_size = tc.prompts_per_step * tc.group_size
 
         step_fn = grpo.make_train_step(
@@ -98,17 +98,7 @@ class JaxSide:
                 decode=sc.decode,
             )
         )
-        # The loss the step's update differentiates, bound as grpo.make_step_stages binds it.
-        loss_fn = functools.partial(
-            policy_loss,
-            denoise=pipeline.denoise,
-            sampler=pipeline.sampler,
-            guidance_scale=sc.guidance_scale,
-            clip_range=lc.clip_range,
-            kl_beta=lc.kl_beta,
-            kl_form=lc.kl_form,
-        )
-        self._slice = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+        self._slice = jax.jit(jax.value_and_grad(grpo.make_loss_fn(pipeline, config), has_aux=True))
         self._matmul = jax.jit(jnp.matmul)
         self.compiled: dict[str, Any] = {}
         self.stages = {

@@ -137,6 +137,21 @@ class Command:
         return 0
 
 
+def define_multihost_flags(values: flags.FlagValues) -> None:
+    """The flags of a command that can join a multi-host run (``jax.distributed``)."""
+    flags.DEFINE_bool(
+        "multihost",
+        False,
+        "Join a multi-host run (Cloud TPU pods: addresses are auto-detected).",
+        flag_values=values,
+    )
+    flags.DEFINE_string(
+        "coordinator_address", None, "host:port of process 0, when not auto-detected.", flag_values=values
+    )
+    flags.DEFINE_integer("num_processes", 1, "Processes in the run.", flag_values=values)
+    flags.DEFINE_integer("process_id", 0, "This process's index.", flag_values=values)
+
+
 def one_line(error: BaseException) -> str:
     """The error's message on one line (its lines joined)."""
     return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__

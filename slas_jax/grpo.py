@@ -441,6 +441,21 @@ class StepStages:
     update: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
 
 
+def make_loss_fn(pipeline: Pipeline, config: Config) -> LossFn:
+    """The loss the update differentiates, ``(params, ref_params, steps, uncond) -> (loss, metrics)``:
+    :func:`losses.policy_loss` bound to the pipeline's denoiser and sampler and the run's loss settings."""
+    lc = config.loss
+    return functools.partial(
+        policy_loss,
+        denoise=pipeline.denoise,
+        sampler=pipeline.sampler,
+        guidance_scale=config.sampler.guidance_scale,
+        clip_range=lc.clip_range,
+        kl_beta=lc.kl_beta,
+        kl_form=lc.kl_form,
+    )
+
+
 def make_step_stages(
     pipeline: Pipeline,
     tx: optax.GradientTransformation,
@@ -451,15 +466,7 @@ def make_step_stages(
 ) -> StepStages:
     """The :class:`StepStages` of a run; see :func:`make_train_step` for ``return_samples``."""
     tc, lc, sc = config.train, config.loss, config.sampler
-    loss_fn = functools.partial(
-        policy_loss,
-        denoise=pipeline.denoise,
-        sampler=pipeline.sampler,
-        guidance_scale=sc.guidance_scale,
-        clip_range=lc.clip_range,
-        kl_beta=lc.kl_beta,
-        kl_form=lc.kl_form,
-    )
+    loss_fn = make_loss_fn(pipeline, config)
 
     def rollout_stage(state: TrainState, batch: Batch, key: jax.Array) -> Rolled:
         # The rollout only supplies data: the gradient flows through the loss's re-scoring alone.

@@ -16,13 +16,12 @@ from typing import Any
 import jax
 import numpy as np
 import optax
-from absl import flags
 from jax.sharding import Mesh
 from tqdm import tqdm
 
 from slas_jax import grpo, parallel
 from slas_jax.checkpoint import Checkpointer
-from slas_jax.cli import USER_ERRORS, Command, Parsed, one_line
+from slas_jax.cli import USER_ERRORS, Command, Parsed, define_multihost_flags, one_line
 from slas_jax.config import MIXED_REWARD, Config, ConfigError, describe_config, json_ready, load_config
 from slas_jax.data import build_prompt_source
 from slas_jax.errors import RewardError
@@ -37,24 +36,12 @@ from slas_jax.rewards.host import HostScoredStep, check_host_layout
 from slas_jax.rewards.mix import build_mixed_reward
 from slas_jax.weights import export_policy
 
-
-def define_flags(values: flags.FlagValues) -> None:
-    """The train command's own flags: joining a multi-host run."""
-    flags.DEFINE_bool(
-        "multihost",
-        False,
-        "Join a multi-host run (Cloud TPU pods: addresses are auto-detected).",
-        flag_values=values,
-    )
-    flags.DEFINE_string(
-        "coordinator_address", None, "host:port of process 0, when not auto-detected.", flag_values=values
-    )
-    flags.DEFINE_integer("num_processes", 1, "Processes in the run.", flag_values=values)
-    flags.DEFINE_integer("process_id", 0, "This process's index.", flag_values=values)
-
-
 COMMAND = Command(
-    "train", __doc__, config_hint="configs/<name>.py", define_flags=define_flags, config_help=describe_config
+    "train",
+    __doc__,
+    config_hint="configs/<name>.py",
+    define_flags=define_multihost_flags,
+    config_help=describe_config,
 )
 
 

@@ -36,7 +36,7 @@ import jax
 from absl import flags
 
 from slas_jax import parallel
-from slas_jax.cli import Command, Parsed
+from slas_jax.cli import Command, Parsed, define_multihost_flags
 from slas_jax.config import Config, ConfigError, describe_config, load_config
 from slas_jax.errors import UserError
 from slas_jax.evaluate import driver, geneval, shapes_benchmark, unigenbench
@@ -91,17 +91,7 @@ def define_flags(values: flags.FlagValues) -> None:
         "Generate nothing: verify the images; exit 2 when one is missing or damaged.",
         flag_values=values,
     )
-    flags.DEFINE_bool(
-        "multihost",
-        False,
-        "Join a multi-host run (Cloud TPU pods: addresses are auto-detected).",
-        flag_values=values,
-    )
-    flags.DEFINE_string(
-        "coordinator_address", None, "host:port of process 0, when not auto-detected.", flag_values=values
-    )
-    flags.DEFINE_integer("num_processes", 1, "Processes in the run.", flag_values=values)
-    flags.DEFINE_integer("process_id", 0, "This process's index.", flag_values=values)
+    define_multihost_flags(values)
 
 
 COMMAND = Command(
