@@ -1,7 +1,8 @@
 """``python -m slas_jax.experiments`` end to end on the smallest real grid (configs/experiments/
 tiny_brightness.py: the brightness task, 2 methods x 2 seeds x 12 steps): killed mid-grid (the runner and
-its running cell, SIGKILL), then a sitting whose budget runs out, then one that finishes. Finished cells
-are never redone, the half-done cell resumes from its checkpoint, and the report holds the table."""
+its running cell, SIGKILL), then a sitting that finishes. Finished cells are never redone, the half-done cell
+resumes from its checkpoint, and the report holds the table. (``--max-minutes`` is tested in test_runner.py
+on a stand-in train process, which costs no compilation.)"""
 
 import os
 import signal
@@ -56,7 +57,7 @@ def files_of(folder: Path) -> dict[Path, tuple[int, bytes]]:
     return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.rglob("*") if p.is_file()}
 
 
-def test_a_killed_grid_resumes_within_its_budget_and_writes_the_report(tmp_path):
+def test_a_killed_grid_resumes_and_writes_the_report(tmp_path):
     out = tmp_path / "grid"
     first, second = (out / name for name in CELLS[:2])
     runner = subprocess.Popen(
@@ -70,21 +71,6 @@ def test_a_killed_grid_resumes_within_its_budget_and_writes_the_report(tmp_path)
     resume_from = checkpoint_steps(second)[-1]
     assert resume_from < 12
     finished = files_of(first)
-
-    started = time.monotonic()
-    budget = subprocess.run(
-        command(out, "--noprogress", "--max-minutes=0.05"),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=ENV,
-    )
-    assert budget.returncode == 0, budget.stderr[-2000:]
-    assert "stopped at the 0.05-minute budget: 1 of 4 cells done" in budget.stdout
-    assert time.monotonic() - started < 120
-    assert not any((out / name / "done.json").exists() for name in CELLS[1:])
-    assert not (out / CELLS[3]).exists()  # no second cell started after the budget
 
     done = subprocess.run(
         command(out, "--noprogress", "--parallel=2"),
