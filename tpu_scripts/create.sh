@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
-# Creates a Cloud TPU VM (single host or pod slice).
+# Creates a Cloud TPU VM (single host or pod slice) at once; when capacity is short, queued.sh create waits
+# in Cloud TPU's queue instead.
+USAGE="[common flags]"
+ABOUT="Creates the TPU VM --name of type --accelerator (gcloud compute tpus tpu-vm create)."
+# shellcheck source=common.sh
 source "$(dirname "$0")/common.sh"
-run gcloud compute tpus tpu-vm create "$NAME" --zone "$ZONE" "${PROJECT_FLAG[@]}" \
-  --accelerator-type "$ACCELERATOR" --version "$VERSION"
+parse_args "$@"
+tpus tpu-vm create "$NAME" --accelerator-type "$ACCELERATOR" --version "$VERSION"
