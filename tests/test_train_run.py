@@ -86,12 +86,13 @@ def _brightness_values(tmp_path, folder, **reward):
 
 
 def _serving(reward):
-    """The reference reward server in a thread on a free port (rewards/test_remote.served)."""
+    """The reference reward server in a thread on a free port (rewards/test_remote.served), up for the
+    run's compilation too: at a load of 12 on 2 cores, compiling the first step took over a minute."""
     from reward_server import served
 
     from slas_jax.rewards.serve import make_app
 
-    return served(make_app(reward, "brightness", concurrency=2))
+    return served(make_app(reward, "brightness", concurrency=2), max_seconds=300.0)
 
 
 def test_steps_through_the_reward_server_equal_the_in_process_reward_until_it_fails(tmp_path):
