@@ -28,6 +28,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from slas_jax import lora
 from slas_jax.config import Config, json_ready, load_config
 from slas_jax.models.conversion import ConversionError
 from slas_jax.pipelines import PipelineBundle, build_pipeline
@@ -103,6 +104,12 @@ def stored_groups(folder: str | Path) -> set[str]:
     return {key.split(".", 1)[0] for key in stored}
 
 
+def stored_adapters(folder: str | Path) -> bool:
+    """Whether a weights folder's backbone holds LoRA adapters (an exported LoRA policy)."""
+    stored = ocp.StandardCheckpointer().metadata(Path(folder).absolute() / PARAMS_DIR).item_metadata
+    return any(key.startswith("backbone.") and ".lora_a." in key for key in stored)
+
+
 def restore_groups(folder: str | Path, groups: Mapping[str, Any], regenerate: str) -> dict[str, Any]:
     """Restores the stored arrays into the structure of ``groups`` ({name: pytree}, e.g. freshly initialised
     parameters), returning {name: pytree} of numpy arrays with the same structure.
@@ -152,7 +159,11 @@ def restore_pretrained(bundle: PipelineBundle, path: str | Path) -> PipelineBund
     the command that regenerates the folder (its metadata's ``command``).
     """
     regenerate = read_metadata(path).get("command") or WRITTEN_BY
-    groups = {"backbone": bundle.params}
+    # A folder without adapters (a base model) under a LoRA config fills the base weights; the fresh
+    # adapters (B = 0) stay, so the run starts from that base model.
+    adapters, base = lora.split(bundle.params)
+    with_adapters = not lora.has_adapters(bundle.params) or stored_adapters(path)
+    groups = {"backbone": bundle.params if with_adapters else base}
     if "text" in stored_groups(path):
         if "text" not in bundle.frozen:
             raise ConversionError(
@@ -162,7 +173,8 @@ def restore_pretrained(bundle: PipelineBundle, path: str | Path) -> PipelineBund
     # Back onto jax arrays (Orbax returns numpy), keeping each nnx.State's structure.
     restored = jax.tree.map(jax.numpy.asarray, restore_groups(path, groups, regenerate))
     frozen = {**bundle.frozen, **({"text": restored["text"]} if "text" in restored else {})}
-    return dataclasses.replace(bundle, params=restored["backbone"], frozen=frozen)
+    params = restored["backbone"] if with_adapters else lora.merge(adapters, restored["backbone"])
+    return dataclasses.replace(bundle, params=params, frozen=frozen)
 
 
 def load_policy(folder: str | Path) -> tuple[Config, PipelineBundle]:
@@ -202,7 +214,11 @@ def export_policy(
     if config.model.checkpoint is not None:
         if jax.process_index() == 0:  # one writer: hosts may share the run folder
             export_diffusers(
-                Path(folder) / DIFFUSERS_DIR, config.model.family, config.model.checkpoint, groups["backbone"]
+                Path(folder) / DIFFUSERS_DIR,
+                config.model.family,
+                config.model.checkpoint,
+                groups["backbone"],
+                config.model.lora.alpha,
             )
         diffusers = {"diffusers": DIFFUSERS_DIR}
     metadata = {
