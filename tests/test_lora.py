@@ -15,7 +15,9 @@ from jax.sharding import PartitionSpec as P
 
 from slas_jax import grpo, lora, parallel
 from slas_jax.config import ConfigError, load_config
+from slas_jax.pipelines import build_pipeline
 from slas_jax.pipelines.flux import random_flux_pipeline
+from slas_jax.weights import export_policy, load_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ("a", "red", "cat", "bright", "top")
@@ -172,6 +174,23 @@ def test_adapter_shardings_follow_their_kernels_logical_axes():
     assert jax.tree.leaves(mu) == adapter_shardings
 
 
+def test_a_lora_run_starts_from_a_weights_folder_without_adapters(tmp_path):
+    """model.init_checkpoint holding a plain backbone: its weights become the base, the adapters start
+    fresh (B = 0); the exported LoRA policy then restores base and adapters."""
+    plain = build_pipeline(load_config(flux_values()), WORDS)
+    stored = jax.tree.map(lambda x: x + 0.01, plain.params)
+    export_policy(tmp_path / "base", load_config(flux_values()), stored, plain.frozen, {}, WORDS)
+    values = lora_values()
+    values["model"]["init_checkpoint"] = str(tmp_path / "base")
+    adapted = build_pipeline(load_config(values), WORDS)
+    adapters, base = lora.split(adapted.params)
+    np.testing.assert_array_equal(grpo_flat(base), grpo_flat(stored))
+    assert not any(np.any(b) for _, b in lora.adapted_layers(adapted.params).values())
+    trained = lora.merge(jax.tree.map(lambda x: x + 0.5, adapters), base)
+    export_policy(tmp_path / "policy", load_config(values), trained, adapted.frozen, {}, WORDS)
+    np.testing.assert_array_equal(grpo_flat(load_policy(tmp_path / "policy")[1].params), grpo_flat(trained))
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
@@ -208,7 +227,14 @@ def test_lora_recipes_validate_with_their_peers_rank_and_alpha(name, rank, alpha
 def test_flux_lora_recipe_targets_dancegrpos_modules():
     """DanceGRPO's FLUX LoRA: peft target_modules to_q / to_k / to_v / to_out.0 (every block kind)."""
     config = load_config(runpy.run_path(str(ROOT / "configs" / "flux_lora_tpu.py"))["get_config"]())
-    adapted = lora.attach(_flux_module(), config.model.lora)
+    adapted = []
+
+    def build():  # abstractly: only the module paths matter
+        module = _flux_module()
+        adapted.extend(lora.attach(module, config.model.lora))
+        return module
+
+    nnx.eval_shape(build)
     assert sorted({path.split(".", 1)[1] for path in adapted}) == [
         "attn.to_k",
         "attn.to_out.0",

@@ -86,8 +86,8 @@ def export_diffusers(
     """Writes the diffusers pipeline folder ``folder`` (replacing one there) holding ``params`` (the
     backbone's nnx.State, host or device arrays) as the backbone of ``checkpoint``'s pipeline (a diffusers
     or converted folder of model family ``family``); LoRA adapters in ``params`` (of ``lora_alpha``,
-    ``model.lora.alpha``) are written beside it (:func:`export_lora`). Written beside and renamed into place, so an
-    interrupted export leaves no half folder. Returns ``folder``."""
+    ``model.lora.alpha``) are written beside it (:func:`export_lora`). Written beside and renamed into
+    place, so an interrupted export leaves no half folder. Returns ``folder``."""
     source = diffusers_source(checkpoint)
     backbone = BACKBONES[family]
     component = source / backbone.component

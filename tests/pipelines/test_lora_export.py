@@ -1,7 +1,7 @@
 """LoRA policy exports: a tiny FLUX folder's transformer with trained (here: random, B != 0) adapters, written
 by ``weights.export_policy``, is the base transformer plus ``pytorch_lora_weights.safetensors`` in peft's
 names and metadata; loaded by diffusers' ``FluxPipeline.load_lora_weights`` the adapters predict what our
-LoRA model predicts; the weights folder restores into a LoRA pipeline bit for bit."""
+LoRA model predicts."""
 
 import json
 
@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from diffusers.pipelines.flux.pipeline_flux import FluxPipeline
-from engine_harness import flat
 from flax import nnx
 from safetensors import safe_open
 from tiny_checkpoints import save_tiny_flux
@@ -21,7 +20,7 @@ from slas_jax.config import load_config
 from slas_jax.models import flux
 from slas_jax.pipelines import build_pipeline
 from slas_jax.pipelines.export import LORA_METADATA_KEY, LORA_WEIGHTS
-from slas_jax.weights import DIFFUSERS_DIR, export_policy, load_policy
+from slas_jax.weights import DIFFUSERS_DIR, export_policy
 
 PARITY = 1e-4  # max |error| < 1e-4 x max(1, max |reference|), as the pipeline parity tests
 RANK, ALPHA = 4, 8.0
@@ -93,7 +92,7 @@ def diffusers_velocity(transformer: torch.nn.Module, inputs: dict) -> np.ndarray
 
 
 def test_adapter_file_holds_every_adapted_layer_in_peft_names(exported):
-    _, policy, folder, _, _ = exported
+    _, _, folder, _, _ = exported
     path = folder / DIFFUSERS_DIR / LORA_WEIGHTS
     with safe_open(str(path), "np") as f:
         names = sorted(f.keys())
@@ -116,9 +115,6 @@ def test_adapter_file_holds_every_adapted_layer_in_peft_names(exported):
         "transformer.lora_alpha": ALPHA,
         "transformer.target_modules": modules,
     }
-    # The weights folder restores into a LoRA pipeline (base and adapters) bit for bit.
-    _, bundle = load_policy(folder)
-    np.testing.assert_array_equal(flat(bundle.params), flat(policy))
 
 
 def test_flux_pipeline_load_lora_weights_predicts_as_ours(exported):
