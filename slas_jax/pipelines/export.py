@@ -14,7 +14,8 @@ For a model built from a diffusers folder (``model.checkpoint``), :func:`export_
   (:func:`export_lora`): the adapters in peft's names (``transformer.<module>.lora_A.weight`` /
   ``unet.<module>.lora_B.weight``, the module names those of the backbone's tensors), their rank, alpha and
   target modules in the ``lora_adapter_metadata`` that diffusers' ``save_lora_weights`` writes; the backbone
-  itself holds the base weights.
+  holds the base weights, or (a run without ``model.init_checkpoint``, whose base is the source's) is a
+  link to the source's like the other components.
 
 ``diffusers.StableDiffusionPipeline.from_pretrained`` / ``FluxPipeline.from_pretrained`` load the folder
 (then ``pipe.load_lora_weights(folder)`` the adapters; peft must be installed),
@@ -81,13 +82,21 @@ def diffusers_source(checkpoint: str | Path) -> Path:
 
 
 def export_diffusers(
-    folder: str | Path, family: str, checkpoint: str | Path, params: Any, lora_alpha: float = 0.0
+    folder: str | Path,
+    family: str,
+    checkpoint: str | Path,
+    params: Any,
+    lora_alpha: float = 0.0,
+    *,
+    link_backbone: bool = False,
 ) -> Path:
     """Writes the diffusers pipeline folder ``folder`` (replacing one there) holding ``params`` (the
     backbone's nnx.State, host or device arrays) as the backbone of ``checkpoint``'s pipeline (a diffusers
     or converted folder of model family ``family``); LoRA adapters in ``params`` (of ``lora_alpha``,
-    ``model.lora.alpha``) are written beside it (:func:`export_lora`). Written beside and renamed into
-    place, so an interrupted export leaves no half folder. Returns ``folder``."""
+    ``model.lora.alpha``) are written beside it (:func:`export_lora`), and with ``link_backbone`` (the base
+    weights are the source's) the backbone folder is a link to the source's like the other components.
+    Written beside and renamed into place, so an interrupted export leaves no half folder. Returns
+    ``folder``."""
     source = diffusers_source(checkpoint)
     backbone = BACKBONES[family]
     component = source / backbone.component
@@ -95,18 +104,22 @@ def export_diffusers(
         name: array.shape
         for name, array in conversion.read_weights(component, what=backbone.component).items()
     }
-    _, base = lora.split(params)
     what = f"{backbone.component} of {source}"
-    tensors = conversion.export_tensors(base, shapes, backbone.rules, ignore=backbone.ignored, source=what)
     folder = Path(folder)
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    conversion.write_safetensors(partial / backbone.component, tensors, WEIGHTS_STEM)
+    partial.mkdir(parents=True)
+    if not link_backbone:
+        _, base = lora.split(params)
+        tensors = conversion.export_tensors(
+            base, shapes, backbone.rules, ignore=backbone.ignored, source=what
+        )
+        conversion.write_safetensors(partial / backbone.component, tensors, WEIGHTS_STEM)
+        shutil.copy2(component / "config.json", partial / backbone.component / "config.json")
     if lora.has_adapters(params):
         export_lora(partial / LORA_WEIGHTS, backbone, shapes, params, lora_alpha, source=what)
-    shutil.copy2(component / "config.json", partial / backbone.component / "config.json")
     for entry in sorted(source.iterdir()):
-        if entry.name != backbone.component:
+        if link_backbone or entry.name != backbone.component:
             os.symlink(entry.absolute(), partial / entry.name)
     shutil.rmtree(folder, ignore_errors=True)
     partial.rename(folder)

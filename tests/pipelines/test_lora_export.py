@@ -1,7 +1,8 @@
 """LoRA policy exports: a tiny FLUX folder's transformer with trained (here: random, B != 0) adapters, written
-by ``weights.export_policy``, is the base transformer plus ``pytorch_lora_weights.safetensors`` in peft's
-names and metadata; loaded by diffusers' ``FluxPipeline.load_lora_weights`` the adapters predict what our
-LoRA model predicts."""
+by ``weights.export_policy``, is a link to the source's transformer plus ``pytorch_lora_weights.safetensors``
+in peft's names and metadata, and a weights folder of the adapters alone that restores onto the source's
+base; loaded by diffusers' ``FluxPipeline.load_lora_weights`` the adapters predict what our LoRA model
+predicts."""
 
 import json
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers.pipelines.flux.pipeline_flux import FluxPipeline
+from engine_harness import flat
 from flax import nnx
 from safetensors import safe_open
 from tiny_checkpoints import save_tiny_flux
@@ -20,7 +22,7 @@ from slas_jax.config import load_config
 from slas_jax.models import flux
 from slas_jax.pipelines import build_pipeline
 from slas_jax.pipelines.export import LORA_METADATA_KEY, LORA_WEIGHTS
-from slas_jax.weights import DIFFUSERS_DIR, export_policy
+from slas_jax.weights import DIFFUSERS_DIR, export_policy, load_policy, stored_parts
 
 PARITY = 1e-4  # max |error| < 1e-4 x max(1, max |reference|), as the pipeline parity tests
 RANK, ALPHA = 4, 8.0
@@ -92,7 +94,7 @@ def diffusers_velocity(transformer: torch.nn.Module, inputs: dict) -> np.ndarray
 
 
 def test_adapter_file_holds_every_adapted_layer_in_peft_names(exported):
-    _, _, folder, _, _ = exported
+    _, policy, folder, _, _ = exported
     path = folder / DIFFUSERS_DIR / LORA_WEIGHTS
     with safe_open(str(path), "np") as f:
         names = sorted(f.keys())
@@ -110,6 +112,11 @@ def test_adapter_file_holds_every_adapted_layer_in_peft_names(exported):
         "transformer_blocks.0.ff.net.0.proj",
     ]
     assert names == sorted(f"transformer.{m}.lora_{ab}.weight" for m in modules for ab in "AB")
+    # The base is the source's backbone: linked, not copied; the weights folder holds the adapters alone and
+    # restores onto the source's base bit for bit.
+    assert (folder / DIFFUSERS_DIR / "transformer").is_symlink()
+    assert stored_parts(folder) == (False, True)
+    np.testing.assert_array_equal(flat(load_policy(folder)[1].params), flat(policy))
     assert metadata == {
         "transformer.r": RANK,
         "transformer.lora_alpha": ALPHA,
