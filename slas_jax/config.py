@@ -33,6 +33,47 @@ def require(ok: bool, name: str, message: str) -> None:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LoraConfig:
+    """Low-rank adapters on the backbone's Linear layers (``slas_jax.lora``): W x + (alpha / rank) B A x with
+    A (rank, in) random and B (out, rank) zero at the start, so the first step samples the base model. Only
+    the adapters train and have optimizer state; the KL reference is the base model itself (adapters off)."""
+
+    rank: int = 0
+    """Adapter rank; 0: no adapters (every parameter, or ``optim.trainable``'s, trains at full rank)."""
+    alpha: float = 0.0
+    """Scale numerator: the adapter's update is multiplied by alpha / rank (peft's lora_alpha); > 0."""
+    targets: tuple[str, ...] = ()
+    """Regular expressions over the dotted paths of the backbone's Linear layers (a kernel's parameter path
+    without ``.kernel``, e.g. ``transformer_blocks.attn.to_q``, ``single_transformer_blocks.attn.to_k``);
+    each must match at least one layer."""
+    dropout: float = 0.0
+    """Only 0: the GRPO ratio compares the policy's log-probabilities in two forward passes (rollout and
+    re-scoring), which must be the same function for the first update's ratio to be 1."""
+    seed: int = 0
+    """Initialisation of the A matrices."""
+
+    def validate(self, name: str) -> None:
+        require(self.rank >= 0, f"{name}.rank", f"must be >= 0, got {self.rank}")
+        require(
+            self.dropout == 0,
+            f"{name}.dropout",
+            f"must be 0 (the rollout and the GRPO re-scoring must be the same function), got {self.dropout}",
+        )
+        if not self.rank:
+            require(not self.targets, f"{name}.targets", "applies with lora.rank > 0 only; set lora.rank")
+            return
+        require(self.alpha > 0, f"{name}.alpha", f"must be > 0 with lora.rank > 0, got {self.alpha}")
+        require(bool(self.targets), f"{name}.targets", "must name the Linear layers to adapt (regexes)")
+        for pattern in self.targets:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ConfigError(
+                    f"config.{name}.targets: {pattern!r} is not a regular expression ({e})"
+                ) from None
+
+
+@dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     """The trainable backbone and its frozen companions."""
 
@@ -57,9 +98,12 @@ class ModelConfig:
     init_checkpoint: str | None = None
     """A weights folder (``slas_jax.weights``: a testbed base model or an exported policy) whose backbone, and
     text encoder when it holds one, replace the random or ``checkpoint`` ones."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """Low-rank adapters: train them instead of the backbone's weights."""
 
     def validate(self, name: str) -> None:
         require(self.resolution >= 8, f"{name}.resolution", f"must be >= 8, got {self.resolution}")
+        self.lora.validate(f"{name}.lora")
         for mapping in ("architecture", "text_architecture"):
             require(
                 not (self.checkpoint and getattr(self, mapping)),
@@ -520,6 +564,11 @@ class Config:
             self.train.prompts_per_step % self.reward.host_chunks == 0,
             "reward.host_chunks",
             f"must divide train.prompts_per_step = {self.train.prompts_per_step}, got {self.reward.host_chunks}",
+        )
+        require(
+            not (self.model.lora.rank and self.optim.trainable),
+            "optim.trainable",
+            "does not combine with model.lora (only the adapters train); leave one of them unset",
         )
         sampler_family = SAMPLERS.get(self.sampler.name).family
         require(

@@ -37,7 +37,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from slas_jax import parallel, param_paths
+from slas_jax import lora, parallel, param_paths
 from slas_jax.advantages import compute_advantages_with_stats
 from slas_jax.config import AdvantageConfig, Config, LossConfig
 from slas_jax.losses import Transitions, policy_loss, select_timesteps
@@ -54,7 +54,8 @@ from slas_jax.samplers import Sampler
 Batch = dict[str, jax.Array]
 RewardFn = Callable[[Any, jax.Array, Batch], jax.Array]
 LossFn = Callable[[Any, Any, Transitions, Any], tuple[jax.Array, dict[str, jax.Array]]]
-"""(params, ref_params, steps, uncond) -> (loss, metrics): :func:`policy_loss` with the run's settings bound."""
+"""(trained, fixed, steps, uncond) -> (loss, metrics): :func:`policy_loss` with the run's settings bound; the
+gradient is taken of ``trained``, ``fixed`` is what else it reads (:func:`split_trained`)."""
 
 
 @dataclass(frozen=True)
@@ -75,9 +76,12 @@ class Pipeline:
 
 @struct.dataclass
 class TrainState:
-    """Everything a step reads and writes. params: trainable backbone (nnx.State); ref_params: frozen copy
-    for the KL term (None when kl_beta == 0); frozen: text encoder / VAE / reward parameters; rng: base
-    PRNG key (uint32[2]); data_index: position of the next prompt batch in the data stream."""
+    """Everything a step reads and writes. params: the backbone (nnx.State; with ``model.lora``, its base
+    weights and the adapters, of which only the adapters train); opt_state: the optimizer's state of the
+    trained part (:func:`split_trained`); ref_params: frozen copy for the KL term (None when kl_beta == 0, and
+    with LoRA, whose reference is the base weights with the adapters switched off); frozen: text encoder /
+    VAE / reward parameters; rng: base PRNG key (uint32[2]); data_index: position of the next prompt batch in
+    the data stream."""
 
     step: jax.Array
     params: Any
@@ -111,17 +115,34 @@ def make_optimizer(config: Config) -> optax.GradientTransformation:
     )
 
 
+def split_trained(params: Any, ref_params: Any) -> tuple[Any, Any]:
+    """(trained, fixed): the tree the gradient and the optimizer see, and what else the loss reads. With LoRA
+    adapters in ``params`` (:mod:`slas_jax.lora`): the adapters and the base weights (the KL reference is
+    the base weights with the adapters switched off); otherwise: ``params`` and the reference copy
+    ``ref_params`` (None without the KL term). Also on trees of shardings."""
+    if lora.has_adapters(params):
+        return lora.split(params)
+    return params, ref_params
+
+
+def join_trained(trained: Any, fixed: Any) -> Any:
+    """The backbone from :func:`split_trained`'s parts (after an update of ``trained``)."""
+    return lora.merge(trained, fixed) if lora.has_adapters(trained) else trained
+
+
 def init_train_state(
     params: Any, frozen: Any, tx: optax.GradientTransformation, config: Config
 ) -> TrainState:
-    """A fresh state at step 0 (a reference copy of params is kept only when the KL term is on)."""
+    """A fresh state at step 0: optimizer state for the trained part only (LoRA: the adapters); a reference
+    copy of params is kept only when the KL term is on without LoRA."""
+    keep_reference = config.loss.kl_beta > 0 and not lora.has_adapters(params)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
-        opt_state=tx.init(params),
+        opt_state=tx.init(split_trained(params, None)[0]),
         rng=jax.random.PRNGKey(config.train.seed),
         data_index=jnp.zeros((), jnp.int32),
-        ref_params=jax.tree.map(jnp.copy, params) if config.loss.kl_beta > 0 else None,
+        ref_params=jax.tree.map(jnp.copy, params) if keep_reference else None,
         frozen=frozen,
     )
 
@@ -132,7 +153,9 @@ def state_shardings(state: TrainState, param_shardings: Any, frozen_shardings: A
     return TrainState(
         step=repl,
         params=param_shardings,
-        opt_state=parallel.tree_shardings_like(state.opt_state, param_shardings, mesh),
+        opt_state=parallel.tree_shardings_like(
+            state.opt_state, split_trained(param_shardings, None)[0], mesh
+        ),
         rng=repl,
         data_index=repl,
         ref_params=None if state.ref_params is None else param_shardings,
@@ -316,18 +339,19 @@ def pack_transitions(
 
 
 def accumulate_gradients(
-    loss_fn: LossFn, params: Any, ref_params: Any, update_data: Transitions, uncond: Any, scale: float
+    loss_fn: LossFn, params: Any, fixed: Any, update_data: Transitions, uncond: Any, scale: float
 ) -> tuple[Any, dict[str, jax.Array]]:
-    """The gradient of one optimizer update: the sum of ``scale`` x the gradient of ``loss_fn`` on each
-    (micro-batch, timestep) slice (M, ...) of ``update_data`` (A, K, M, ...), one slice at a time so that
-    only one slice's activations are alive. uncond: leading axis M. Returns grads (like params) and the loss
-    metrics, each (A, K).
+    """The gradient of one optimizer update: the sum of ``scale`` x the gradient of ``loss_fn`` with respect
+    to ``params`` (the trained part, :func:`split_trained`; ``fixed`` is the rest) on each (micro-batch,
+    timestep) slice (M, ...) of ``update_data`` (A, K, M, ...), one slice at a time so that only one slice's
+    activations are alive. uncond: leading axis M. Returns grads (like params) and the loss metrics, each
+    (A, K).
     """
     loss_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
 
     def one_micro_batch(grads: Any, micro_data: Transitions) -> tuple[Any, dict[str, jax.Array]]:
         def one_timestep(grads: Any, steps: Transitions) -> tuple[Any, dict[str, jax.Array]]:
-            (_, metrics), g = loss_and_grad(params, ref_params, steps, uncond)
+            (_, metrics), g = loss_and_grad(params, fixed, steps, uncond)
             return jax.tree.map(lambda a, b: a + scale * b, grads, g), metrics
 
         return jax.lax.scan(one_timestep, grads, micro_data)
@@ -341,15 +365,16 @@ def optimizer_update(
     tx: optax.GradientTransformation,
     params: Any,
     opt_state: Any,
-    ref_params: Any,
+    fixed: Any,
     update_data: Transitions,
     uncond: Any,
     scale: float,
 ) -> tuple[Any, Any, dict[str, jax.Array], jax.Array]:
-    """Stage 4, one optimizer update on ``update_data`` (A, K, M, ...): the accumulated gradients
-    (:func:`accumulate_gradients`) go through ``tx``. Returns the new params and opt_state, the loss metrics
-    (A, K) each and the gradients' global norm () float32, taken before ``tx`` clips them."""
-    grads, metrics = accumulate_gradients(loss_fn, params, ref_params, update_data, uncond, scale)
+    """Stage 4, one optimizer update of the trained part ``params`` on ``update_data`` (A, K, M, ...): the
+    accumulated gradients (:func:`accumulate_gradients`) go through ``tx``. Returns the new params and
+    opt_state, the loss metrics (A, K) each and the gradients' global norm () float32, taken before ``tx``
+    clips them."""
+    grads, metrics = accumulate_gradients(loss_fn, params, fixed, update_data, uncond, scale)
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, metrics, grad_norm
@@ -360,12 +385,13 @@ def update_policy(
     tx: optax.GradientTransformation,
     params: Any,
     opt_state: Any,
-    ref_params: Any,
+    fixed: Any,
     data: Transitions,
     uncond: Any,
 ) -> tuple[Any, Any, dict[str, jax.Array], jax.Array]:
-    """Stage 4: the step's U optimizer updates, scanned over the leading axis of ``data`` (U, A, K, M, ...),
-    each starting from the parameters the previous one left. Each update averages its gradients over its
+    """Stage 4: the step's U optimizer updates of the trained part ``params`` (``fixed``: the rest the loss
+    reads, :func:`split_trained`), scanned over the leading axis of ``data`` (U, A, K, M, ...), each starting
+    from the parameters the previous one left. Each update averages its gradients over its
     A x K (micro-batch, timestep) slices. uncond: leading axis 1. Returns the final params and opt_state, the
     loss metrics (U, A, K) each and the grad norms (U,).
     """
@@ -375,7 +401,7 @@ def update_policy(
 
     def one_update(carry: tuple[Any, Any], update_data: Transitions) -> tuple[tuple[Any, Any], Any]:
         params, opt_state, metrics, grad_norm = optimizer_update(
-            loss_fn, tx, *carry, ref_params, update_data, uncond_micro, scale
+            loss_fn, tx, *carry, fixed, update_data, uncond_micro, scale
         )
         return (params, opt_state), (metrics, grad_norm)
 
@@ -442,10 +468,12 @@ class StepStages:
 
 
 def make_loss_fn(pipeline: Pipeline, config: Config) -> LossFn:
-    """The loss the update differentiates, ``(params, ref_params, steps, uncond) -> (loss, metrics)``:
-    :func:`losses.policy_loss` bound to the pipeline's denoiser and sampler and the run's loss settings."""
+    """The loss the update differentiates, ``(trained, fixed, steps, uncond) -> (loss, metrics)``:
+    :func:`losses.policy_loss` bound to the pipeline's denoiser and sampler and the run's loss settings.
+    Full fine-tuning: (params, reference copy or None); ``model.lora``: (adapters, base weights), the policy
+    being their merge and the KL reference the base weights with the adapters switched off."""
     lc = config.loss
-    return functools.partial(
+    loss = functools.partial(
         policy_loss,
         denoise=pipeline.denoise,
         sampler=pipeline.sampler,
@@ -454,6 +482,16 @@ def make_loss_fn(pipeline: Pipeline, config: Config) -> LossFn:
         kl_beta=lc.kl_beta,
         kl_form=lc.kl_form,
     )
+    if not config.model.lora.rank:
+        return loss
+
+    def lora_loss(
+        adapters: Any, base: Any, steps: Transitions, uncond: Any
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        reference = lora.merge(lora.switched_off(adapters), base) if lc.kl_beta > 0 else None
+        return loss(lora.merge(adapters, base), reference, steps, uncond)
+
+    return lora_loss
 
 
 def make_step_stages(
@@ -503,15 +541,16 @@ def make_step_stages(
             micro=tc.micro_batch_size,
             mesh=mesh,
         )
-        params, opt_state, loss_metrics, grad_norms = update_policy(
-            loss_fn, tx, state.params, state.opt_state, state.ref_params, data, uncond
+        trained, fixed = split_trained(state.params, state.ref_params)
+        trained, opt_state, loss_metrics, grad_norms = update_policy(
+            loss_fn, tx, trained, state.opt_state, fixed, data, uncond
         )
         metrics = step_metrics(
             loss_metrics, grad_norms, rewards, advantages, advantage_stats, images if return_samples else None
         )
         new_state = state.replace(
             step=state.step + 1,
-            params=params,
+            params=join_trained(trained, fixed),
             opt_state=opt_state,
             data_index=state.data_index + tc.prompts_per_step,
         )

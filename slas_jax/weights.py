@@ -28,6 +28,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from slas_jax import lora
 from slas_jax.config import Config, json_ready, load_config
 from slas_jax.models.conversion import ConversionError
 from slas_jax.pipelines import PipelineBundle, build_pipeline
@@ -103,6 +104,14 @@ def stored_groups(folder: str | Path) -> set[str]:
     return {key.split(".", 1)[0] for key in stored}
 
 
+def stored_parts(folder: str | Path) -> tuple[bool, bool]:
+    """(base, adapters): whether a weights folder's backbone holds base weights and LoRA adapters. A LoRA
+    policy of a diffusers-folder model holds only the adapters (:func:`export_policy`)."""
+    stored = ocp.StandardCheckpointer().metadata(Path(folder).absolute() / PARAMS_DIR).item_metadata
+    adapter = [".lora_a." in key or ".lora_b." in key for key in stored if key.startswith("backbone.")]
+    return not all(adapter), any(adapter)
+
+
 def restore_groups(folder: str | Path, groups: Mapping[str, Any], regenerate: str) -> dict[str, Any]:
     """Restores the stored arrays into the structure of ``groups`` ({name: pytree}, e.g. freshly initialised
     parameters), returning {name: pytree} of numpy arrays with the same structure.
@@ -152,7 +161,18 @@ def restore_pretrained(bundle: PipelineBundle, path: str | Path) -> PipelineBund
     the command that regenerates the folder (its metadata's ``command``).
     """
     regenerate = read_metadata(path).get("command") or WRITTEN_BY
-    groups = {"backbone": bundle.params}
+    # Under a LoRA config, a folder without adapters (a base model) fills the base weights and the fresh
+    # adapters (B = 0) stay, so the run starts from that base model; a folder of adapters alone fills them
+    # on the base built from model.checkpoint.
+    adapters, base = lora.split(bundle.params)
+    has_base, has_adapters = stored_parts(path)
+    if lora.has_adapters(bundle.params) and not has_adapters:
+        stored, rebuild = base, lambda restored: lora.merge(adapters, restored)
+    elif lora.has_adapters(bundle.params) and not has_base:
+        stored, rebuild = adapters, lambda restored: lora.merge(restored, base)
+    else:
+        stored, rebuild = bundle.params, lambda restored: restored
+    groups = {"backbone": stored}
     if "text" in stored_groups(path):
         if "text" not in bundle.frozen:
             raise ConversionError(
@@ -162,7 +182,7 @@ def restore_pretrained(bundle: PipelineBundle, path: str | Path) -> PipelineBund
     # Back onto jax arrays (Orbax returns numpy), keeping each nnx.State's structure.
     restored = jax.tree.map(jax.numpy.asarray, restore_groups(path, groups, regenerate))
     frozen = {**bundle.frozen, **({"text": restored["text"]} if "text" in restored else {})}
-    return dataclasses.replace(bundle, params=restored["backbone"], frozen=frozen)
+    return dataclasses.replace(bundle, params=rebuild(restored["backbone"]), frozen=frozen)
 
 
 def load_policy(folder: str | Path) -> tuple[Config, PipelineBundle]:
@@ -190,9 +210,17 @@ def export_policy(
     prompt ``vocabulary`` of its word-level tokenizer and ``info`` (how it was trained) as
     ``metadata["rl"]``. A model built from a diffusers folder (``model.checkpoint``) is also written as a
     diffusers pipeline folder, ``folder/diffusers`` (``slas_jax.pipelines.export``, written by process 0),
-    that diffusers' ``from_pretrained`` loads; ``metadata["diffusers"]`` names it. Returns the parameter
-    hash. Gathers every leaf to this host, so it suits models that fit one host's memory."""
-    groups = {"backbone": jax.device_get(params)}
+    that diffusers' ``from_pretrained`` loads; ``metadata["diffusers"]`` names it. With LoRA adapters
+    (``model.lora``) on such a model and no ``model.init_checkpoint``, ``params/`` holds the adapters alone
+    and the diffusers folder links the source's backbone beside ``pytorch_lora_weights.safetensors``: the
+    base is ``model.checkpoint``'s. Returns the parameter hash. Gathers every written leaf to this host, so
+    it suits models that fit one host's memory."""
+    # A LoRA policy of a diffusers-folder model is its adapters: the base is that folder's backbone, which
+    # load_policy rebuilds (and the diffusers export links) instead of a copy of, say, FLUX.1-dev's 12B.
+    adapters_only = (
+        lora.has_adapters(params) and config.model.checkpoint is not None and not config.model.init_checkpoint
+    )
+    groups = {"backbone": jax.device_get(lora.split(params)[0] if adapters_only else params)}
     if config.model.checkpoint is None and "text" in frozen:
         groups["text"] = jax.device_get(frozen["text"])
     digest = params_hash(groups)
@@ -202,7 +230,12 @@ def export_policy(
     if config.model.checkpoint is not None:
         if jax.process_index() == 0:  # one writer: hosts may share the run folder
             export_diffusers(
-                Path(folder) / DIFFUSERS_DIR, config.model.family, config.model.checkpoint, groups["backbone"]
+                Path(folder) / DIFFUSERS_DIR,
+                config.model.family,
+                config.model.checkpoint,
+                params,  # read leaf by leaf; with link_backbone, the adapters alone
+                config.model.lora.alpha,
+                link_backbone=adapters_only,
             )
         diffusers = {"diffusers": DIFFUSERS_DIR}
     metadata = {

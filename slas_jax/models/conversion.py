@@ -294,6 +294,27 @@ def _route(
     return rule, [_resolve(m.expand(t), params) for t in templates]
 
 
+def reference_targets(
+    names: Iterable[str],
+    rules: Sequence[Rule],
+    state: nnx.State,
+    *,
+    ignore: Iterable[str] = (),
+    source: str = "checkpoint",
+) -> dict[str, tuple[str, ...]]:
+    """{reference tensor name: the targets the rules map it to in ``state``, each ``path`` or ``path@layer``}
+    for the ``names`` not ignored (how :func:`convert_tensors` routes them), e.g. for writing other tensors,
+    such as LoRA adapters, under the reference names of the layers they belong to."""
+    params = _flat_paths(state)
+    ignore_res = [re.compile(p) for p in ignore]
+    compiled = [(re.compile(rule.pattern), rule) for rule in rules]
+    return {
+        name: tuple(_route(name, compiled, params, source)[1])
+        for name in names
+        if not any(r.search(name) for r in ignore_res)
+    }
+
+
 def _leaf(target: str) -> str:
     return target.partition("@")[0].rsplit(".", 1)[-1]
 

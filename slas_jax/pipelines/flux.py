@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from slas_jax import lora
 from slas_jax.config import Config, ConfigError
 from slas_jax.grpo import Pipeline
 from slas_jax.models import conversion, flux, vae
@@ -129,6 +130,7 @@ def _assemble(
     tokenize,
     scheduler_config: dict[str, Any] | None,
 ) -> PipelineBundle:
+    lora.attach(transformer, config.model.lora)
     graph, params = nnx.split(transformer)
     channels = transformer.config.in_channels // 4
     side = latent_side(config, 1 if vae_model is None else vae_model.config.downscale)

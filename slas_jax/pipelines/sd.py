@@ -15,6 +15,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
+from slas_jax import lora
 from slas_jax.config import Config
 from slas_jax.grpo import Pipeline
 from slas_jax.models import clip, unet, vae
@@ -101,6 +102,7 @@ def _assemble(
     tokenize: Tokenize,
     sampler: Sampler,
 ) -> PipelineBundle:
+    lora.attach(unet_model, config.model.lora)
     unet_graph, unet_params = nnx.split(unet_model)
     text_graph, text_params = nnx.split(text_model)
     frozen: dict[str, Any] = {
