@@ -28,6 +28,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from slas_jax import parallel
 from slas_jax.config import Config, json_ready, load_config
 from slas_jax.models.conversion import ConversionError
 from slas_jax.pipelines import PipelineBundle, build_pipeline
@@ -71,13 +72,15 @@ def params_hash(groups: Mapping[str, Any]) -> str:
 
 def save_checkpoint(folder: str | Path, groups: Mapping[str, Any], metadata: Mapping[str, Any]) -> None:
     """Writes ``groups`` ({name: pytree of arrays}) with Orbax under ``folder/params`` (replacing what is
-    there) and ``metadata`` as indented JSON in ``folder/metadata.json``."""
+    there) and ``metadata`` as indented JSON in ``folder/metadata.json``. On a multi-host run every process
+    calls it with the same host arrays; process 0 writes the files."""
     folder = Path(folder).absolute()
     folder.mkdir(parents=True, exist_ok=True)
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(folder / PARAMS_DIR, {k: np.asarray(v) for k, v in flatten(groups).items()}, force=True)
     checkpointer.wait_until_finished()
-    (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    if parallel.is_primary():
+        (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
 
 
 def read_metadata(folder: str | Path, regenerate: str = "") -> dict[str, Any]:
@@ -191,16 +194,18 @@ def export_policy(
     ``metadata["rl"]``. A model built from a diffusers folder (``model.checkpoint``) is also written as a
     diffusers pipeline folder, ``folder/diffusers`` (``slas_jax.pipelines.export``, written by process 0),
     that diffusers' ``from_pretrained`` loads; ``metadata["diffusers"]`` names it. Returns the parameter
-    hash. Gathers every leaf to this host, so it suits models that fit one host's memory."""
-    groups = {"backbone": jax.device_get(params)}
+    hash. Gathers every leaf to every host (``parallel.host_value``), so it suits models that fit one host's
+    memory; on a multi-host run every process calls it (the gather and Orbax's save are collective, and
+    process 0 writes the files)."""
+    groups = {"backbone": parallel.host_value(params)}
     if config.model.checkpoint is None and "text" in frozen:
-        groups["text"] = jax.device_get(frozen["text"])
+        groups["text"] = parallel.host_value(frozen["text"])
     digest = params_hash(groups)
     source = config.model.init_checkpoint or config.model.checkpoint
     model = dataclasses.replace(config.model, init_checkpoint=None)
     diffusers = {}
     if config.model.checkpoint is not None:
-        if jax.process_index() == 0:  # one writer: hosts may share the run folder
+        if parallel.is_primary():  # one writer: hosts may share the run folder
             export_diffusers(
                 Path(folder) / DIFFUSERS_DIR, config.model.family, config.model.checkpoint, groups["backbone"]
             )
