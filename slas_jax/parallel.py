@@ -136,7 +136,7 @@ def replication_report(state: nnx.State, mesh: Mesh, rules: Rules = DEFAULT_RULE
     hits.sort(key=lambda hit: -hit[0])
     reasons = sorted({f.reason for _, _, fallbacks in hits for f in fallbacks})
     names = [
-        f"{path} ({_megabytes(size)}, "
+        f"{path} ({_readable(size)}, "
         + ", ".join(f"{f.logical}={f.size} on {f.mesh_axis}={f.mesh_size}" for f in fallbacks)
         + ")"
         for size, path, fallbacks in hits[:listed]
@@ -144,13 +144,17 @@ def replication_report(state: nnx.State, mesh: Mesh, rules: Rules = DEFAULT_RULE
     more = f", and {len(hits) - listed} more" if len(hits) > listed else ""
     total = sum(size for size, _, _ in hits)
     return (
-        f"replicated ({' / '.join(reasons)}): {len(hits)} parameters, {_megabytes(total)}: "
+        f"replicated ({' / '.join(reasons)}): {len(hits)} parameters, {_readable(total)}: "
         f"{', '.join(names)}{more}"
     )
 
 
-def _megabytes(size: int) -> str:
-    return f"{size / 1e6:.1f} MB"
+def _readable(size: int) -> str:
+    """Bytes as "12 B", "1.7 KB", "3.4 MB" or "2.0 GB"."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
 
 
 def state_shardings(state: nnx.State, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> nnx.State:

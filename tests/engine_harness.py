@@ -64,18 +64,29 @@ def harness_config(overrides, prompts):
     )
 
 
-def _fresh(config, tx, devices, state):
-    mesh = parallel.make_mesh(devices=jax.devices()[:devices])
+def _fresh(config, tx, devices, state, mesh_shape=None):
+    """``mesh_shape``: (data, fsdp, tensor) over the first ``devices`` devices (default: all data)."""
+    data, fsdp, tensor = mesh_shape or (-1, 1, 1)
+    mesh = parallel.make_mesh(data=data, fsdp=fsdp, tensor=tensor, devices=jax.devices()[:devices])
     fresh = grpo.init_train_state(jax.tree.map(jnp.copy, PARAMS), {}, tx, config)
     shardings = grpo.state_shardings(fresh, parallel.state_shardings(PARAMS, mesh), {}, mesh)
     return mesh, shardings, jax.device_put(fresh if state is None else state, shardings)
 
 
-def run_step(overrides, *, devices=1, tx=None, reward=brightness, prompts=2, key=0, steps=1, state=None):
+def prompt_batch(prompts):
+    """The harness's prompt batch: prompt i conditioned on one-hot i mod 4, (prompts, 4) float32."""
+    return {"onehot": np.eye(4, dtype=np.float32)[np.arange(prompts) % 4]}
+
+
+def run_step(
+    overrides, *, devices=1, tx=None, reward=brightness, prompts=2, key=0, steps=1, state=None, mesh=None
+):
+    """One GRPO step (or ``steps``) of the harness model on ``devices`` devices, ``mesh`` (data, fsdp,
+    tensor) sizes over them (default: all data); returns the state and the last metrics."""
     config = harness_config(overrides, prompts)
     tx = tx or grpo.make_optimizer(config)
-    mesh, shardings, state = _fresh(config, tx, devices, state)
-    batch = {"onehot": jnp.eye(4)[:prompts]}
+    mesh, shardings, state = _fresh(config, tx, devices, state, mesh)
+    batch = prompt_batch(prompts)
     step = grpo.jit_train_step(
         grpo.make_train_step(PIPELINE, reward, tx, config, mesh), state, shardings, batch, mesh
     )
@@ -99,7 +110,7 @@ def run_host_step(overrides, host=host_brightness, *, devices=1, tx=None, prompt
     config = harness_config(overrides, prompts)
     tx = tx or grpo.make_optimizer(config)
     mesh, shardings, state = _fresh(config, tx, devices, None)
-    batch = {"onehot": np.eye(4, dtype=np.float32)[:prompts]}
+    batch = prompt_batch(prompts)
     chunks = config.reward.host_chunks
     stages = grpo.make_step_stages(PIPELINE, tx, config, mesh)
     compiled = grpo.jit_host_reward_step(
