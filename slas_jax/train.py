@@ -122,6 +122,12 @@ def run(config: Config) -> list[dict[str, float]]:
     # prompt of the step: a host reward (its chunks cut the batch differently) or a rollout scorer.
     whole = reward.host is not None or bool(config.eval.scorer)
     rows = [(0, tc.prompts_per_step)] if whole else parallel.process_rows(mesh, tc.prompts_per_step)
+    if jax.process_count() > 1:
+        spans = ", ".join(f"{start}-{stop - 1}" for start, stop in rows)
+        tqdm.write(
+            f"{parallel.process_prefix()}{jax.local_device_count()} of {jax.device_count()} devices; loads "
+            f"prompts {spans} of each batch of {tc.prompts_per_step}"
+        )
 
     def make_batch(start: int) -> tuple[list[str], dict[str, np.ndarray]]:
         """This process's rows of the batch at stream position ``start``: prompts and host arrays."""

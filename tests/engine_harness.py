@@ -42,6 +42,9 @@ PIPELINE = grpo.Pipeline(
 MESH_TEST_OVERRIDES = {"train": {"group_size": 8, "micro_batch_size": 8}}
 """One prompt whose 8-sample group spreads over all devices: group statistics must stay global."""
 
+SPLIT_BATCH_OVERRIDES = {"train": {"group_size": 2, "micro_batch_size": 16}}
+"""With 8 prompts: 16 samples in one update, the prompt batch split over up to 8 data x fsdp devices."""
+
 
 def brightness(_frozen, images, _batch):
     return images.mean(axis=(1, 2, 3))

@@ -13,16 +13,15 @@ import jax
 import numpy as np
 import optax
 import pytest
-from engine_harness import PARAMS, flat, run_step
+from engine_harness import PARAMS, SPLIT_BATCH_OVERRIDES, flat, run_step
 
 MESHES = [(8, 1, 1), (2, 4, 1), (1, 4, 2), (2, 2, 2)]
-OVERRIDES = {"train": {"group_size": 2, "micro_batch_size": 16}}
 PROMPTS = 8
 """8 prompts x 2 samples: the prompt batch divides over data x fsdp on every mesh (8 or 4 devices)."""
 
 
 def one_step(**mesh):
-    return run_step(OVERRIDES, tx=optax.sgd(1.0), prompts=PROMPTS, **mesh)
+    return run_step(SPLIT_BATCH_OVERRIDES, tx=optax.sgd(1.0), prompts=PROMPTS, **mesh)
 
 
 @pytest.fixture(scope="module")
