@@ -304,8 +304,9 @@ class MeshConfig:
     """(logical axis, mesh axis) pairs: the parameter dimensions named by the logical axis (``embed``,
     ``mlp``, ``heads``, ``vocab``, ``conv_in``, ``conv_out``, ``norm``, ``layers``; see
     ``slas_jax.models.layers``) are split over the mesh axis ("data", "fsdp", "tensor"), or replicated
-    (None). A dimension the mesh axis does not divide, or whose mesh axis another dimension took, stays
-    replicated; the run names each such parameter at start-up."""
+    (None). An override replaces the whole table, and a logical axis it leaves out is replicated. A
+    dimension the mesh axis does not divide, or whose mesh axis another dimension took, stays replicated;
+    the run names each such parameter, with its size, at start-up."""
 
     def validate(self, name: str) -> None:
         require(self.data == -1 or self.data >= 1, f"{name}.data", "must be >= 1 or -1 (all devices)")

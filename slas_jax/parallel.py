@@ -15,6 +15,7 @@ they enter a jitted step. Files of a run are written by the primary process (:fu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -120,17 +121,17 @@ def _variables(state: nnx.State) -> list[tuple[str, nnx.Variable]]:
 def replication_report(state: nnx.State, mesh: Mesh, rules: Rules = DEFAULT_RULES, *, listed: int = 8) -> str:
     """One line naming the parameters of ``state`` (an nnx.State with logical-axis metadata) that fall back
     to replication on ``mesh`` (:func:`place`), largest first (``listed`` of them, then a count), with their
-    float bytes, e.g. ``replicated (axis does not divide): 3 parameters, 1.2 MB: conv_in.kernel (0.4 MB,
+    bytes, e.g. ``replicated (axis does not divide): 3 parameters, 1.2 MB: conv_in.kernel (0.4 MB,
     conv_in=3 on fsdp=4), ...``; "" when none does."""
     hits = []
     for path, var in _variables(state):
         axes = _logical_axes(var)
-        value = var.get_value()
         if axes is None:
             continue
+        value = var.get_value()  # an array or, for an abstract state, a ShapeDtypeStruct
         fallbacks = place(axes, np.shape(value), mesh, rules)[1]
         if fallbacks:
-            hits.append((int(np.size(value)) * np.dtype(value.dtype).itemsize, path, fallbacks))
+            hits.append((math.prod(np.shape(value)) * np.dtype(value.dtype).itemsize, path, fallbacks))
     if not hits:
         return ""
     hits.sort(key=lambda hit: -hit[0])
@@ -144,7 +145,7 @@ def replication_report(state: nnx.State, mesh: Mesh, rules: Rules = DEFAULT_RULE
     more = f", and {len(hits) - listed} more" if len(hits) > listed else ""
     total = sum(size for size, _, _ in hits)
     return (
-        f"replicated ({' / '.join(reasons)}): {len(hits)} parameters, {_readable(total)}: "
+        f"replicated ({' / '.join(reasons)}): {len(hits)} parameter{'s' * (len(hits) > 1)}, {_readable(total)}: "
         f"{', '.join(names)}{more}"
     )
 

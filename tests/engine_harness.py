@@ -1,8 +1,11 @@
 """A minimal conditional denoiser and a one-call GRPO step runner, shared by the engine tests."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 from slas_jax import grpo, parallel
@@ -97,6 +100,13 @@ def run_step(
     for _ in range(steps):
         state, metrics = step(state, batch, jax.random.fold_in(jax.random.PRNGKey(key), state.step))
     return state, metrics
+
+
+@functools.cache
+def split_batch_step_on_one_device():
+    """(state, metrics) of one SGD(1.0) step on 8 prompts x 2 samples (``SPLIT_BATCH_OVERRIDES``) on one
+    device: the reference of the mesh and multi-process tests, computed once per test session."""
+    return run_step(SPLIT_BATCH_OVERRIDES, tx=optax.sgd(1.0), prompts=8)
 
 
 def host_brightness(images, _prompts, _arrays):

@@ -13,20 +13,15 @@ import jax
 import numpy as np
 import optax
 import pytest
-from engine_harness import PARAMS, SPLIT_BATCH_OVERRIDES, flat, run_step
+from engine_harness import PARAMS, SPLIT_BATCH_OVERRIDES, flat, run_step, split_batch_step_on_one_device
 
 MESHES = [(8, 1, 1), (2, 4, 1), (1, 4, 2), (2, 2, 2)]
-PROMPTS = 8
-"""8 prompts x 2 samples: the prompt batch divides over data x fsdp on every mesh (8 or 4 devices)."""
 
 
-def one_step(**mesh):
-    return run_step(SPLIT_BATCH_OVERRIDES, tx=optax.sgd(1.0), prompts=PROMPTS, **mesh)
-
-
-@pytest.fixture(scope="module")
-def one_device():
-    return one_step()
+def on_mesh(mesh):
+    """One step of 8 prompts x 2 samples on 8 devices: the prompt batch divides over data x fsdp on every
+    mesh (8 or 4 devices)."""
+    return run_step(SPLIT_BATCH_OVERRIDES, tx=optax.sgd(1.0), prompts=8, devices=8, mesh=mesh)
 
 
 def sharded_over(params, axis):
@@ -37,9 +32,9 @@ def sharded_over(params, axis):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mesh", MESHES, ids=lambda m: "data{}_fsdp{}_tensor{}".format(*m))
-def test_one_step_on_a_mesh_equals_one_device(one_device, mesh):
-    ref, ref_metrics = one_device
-    state, metrics = one_step(devices=8, mesh=mesh)
+def test_one_step_on_a_mesh_equals_one_device(mesh):
+    ref, ref_metrics = split_batch_step_on_one_device()
+    state, metrics = on_mesh(mesh)
     for axis, size in zip(("fsdp", "tensor"), mesh[1:], strict=True):
         if size > 1:
             assert sharded_over(state.params, axis), f"no parameter is split over {axis}={size}"

@@ -11,10 +11,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 import pytest
-from engine_harness import SPLIT_BATCH_OVERRIDES, flat, run_step
+from engine_harness import flat, split_batch_step_on_one_device
+
+from slas_jax.train import main
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +56,7 @@ def free_port() -> int:
 
 
 def launch(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
-    # Output to files, not pipes: three chatty processes must never block on a full pipe.
+    # Output to files, not pipes: a chatty process must never block on a pipe nobody reads yet.
     return subprocess.Popen(args, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
 
 
@@ -63,7 +64,7 @@ def exported_params(run_dir: Path) -> dict[str, np.ndarray]:
     return ocp.StandardCheckpointer().restore(run_dir / "policy" / "step_1" / "params")
 
 
-def test_two_processes_train_as_one_process_of_8_devices(tmp_path):
+def test_two_processes_train_as_one_process_of_8_devices(tmp_path, capsys):
     # The workers import this checkout's slas_jax and the engine harness.
     path = os.pathsep.join(filter(None, [str(WORKER.parent), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path}
@@ -80,22 +81,18 @@ def test_two_processes_train_as_one_process_of_8_devices(tmp_path):
         )
         for i in range(2)
     ]
-    # The same run on one process of 8 devices (the suite's XLA_FLAGS), beside them.
-    procs.append(
-        launch(
-            [sys.executable, "-m", "slas_jax.train", *TRAIN_ARGS, f"--config.train.output_dir={one}"],
-            tmp_path / "one_process.log",
-            env,
-        )
-    )
-    single_host_step, _ = run_step(SPLIT_BATCH_OVERRIDES, tx=optax.sgd(1.0), prompts=8)
     try:
+        # Meanwhile the same run in this process, on its 8 devices (the suite's XLA_FLAGS).
+        code = main(["slas_jax.train", *TRAIN_ARGS, f"--config.train.output_dir={one}"])
+        single = capsys.readouterr()
+        assert code == 0, single.err[-3000:]
+        one_device_step, _ = split_batch_step_on_one_device()
         for proc in procs:
             proc.wait(timeout=TIMEOUT_S)
     finally:
         for proc in procs:
             proc.kill()
-    logs = [(tmp_path / name).read_text() for name in ("process_0.log", "process_1.log", "one_process.log")]
+    logs = [(tmp_path / f"process_{i}.log").read_text() for i in range(2)]
     for proc, log in zip(procs, logs, strict=True):
         assert proc.returncode == 0, log[-3000:]
 
@@ -103,9 +100,9 @@ def test_two_processes_train_as_one_process_of_8_devices(tmp_path):
     assert "[process 0/2] 4 of 8 devices; loads prompts 0-3 of each batch of 8" in logs[0]
     assert "[process 1/2] 4 of 8 devices; loads prompts 4-7 of each batch of 8" in logs[1]
     report = (
-        "replicated (axis does not divide): 1 parameters, 864 B: conv_in.kernel (864 B, conv_in=3 on fsdp=8)"
+        "replicated (axis does not divide): 1 parameter, 864 B: conv_in.kernel (864 B, conv_in=3 on fsdp=8)"
     )
-    assert report in logs[0] and report in logs[2] and "replicated" not in logs[1]
+    assert report in logs[0] and report in single.out and "replicated" not in logs[1]
     assert "GRPO" in logs[0] and "GRPO" not in logs[1]
 
     # The same update and metrics; process 0 alone wrote the shared run folder's metrics.
@@ -122,5 +119,5 @@ def test_two_processes_train_as_one_process_of_8_devices(tmp_path):
     # The split step of a host reward, on both processes, equals one device's one-jit step.
     for i in range(2):
         np.testing.assert_allclose(
-            np.load(tmp_path / f"host_{i}.npy"), flat(single_host_step.params), rtol=1e-4, atol=1e-5
+            np.load(tmp_path / f"host_{i}.npy"), flat(one_device_step.params), rtol=1e-4, atol=1e-5
         )
