@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from slas_jax.advantages import ADVANTAGE_METHODS
 from slas_jax.errors import ConfigError
+from slas_jax.parallel import DEFAULT_RULES, MESH_AXES
 from slas_jax.samplers import SAMPLERS
 
 
@@ -335,7 +336,7 @@ class TrainConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class MeshConfig:
-    """Device mesh sizes."""
+    """Device mesh sizes and the rules that place parameters on it."""
 
     data: int = -1
     """Data-parallel devices; -1 takes every device left after fsdp x tensor."""
@@ -343,10 +344,36 @@ class MeshConfig:
     """Devices the parameters are sharded over (fully sharded data parallel)."""
     tensor: int = 1
     """Tensor-parallel devices."""
+    rules: tuple[tuple[str, str | None], ...] = DEFAULT_RULES
+    """(logical axis, mesh axis) pairs: the parameter dimensions named by the logical axis (``embed``,
+    ``mlp``, ``heads``, ``vocab``, ``conv_in``, ``conv_out``, ``norm``, ``layers``; see
+    ``slas_jax.models.layers``) are split over the mesh axis ("data", "fsdp", "tensor"), or replicated
+    (None). An override replaces the whole table, and a logical axis it leaves out is replicated. A
+    dimension the mesh axis does not divide, or whose mesh axis another dimension took, stays replicated;
+    the run names each such parameter, with its size, at start-up."""
 
     def validate(self, name: str) -> None:
         require(self.data == -1 or self.data >= 1, f"{name}.data", "must be >= 1 or -1 (all devices)")
         require(self.fsdp >= 1 and self.tensor >= 1, f"{name}", "fsdp and tensor must be >= 1")
+        seen = set()
+        for rule in self.rules:
+            require(
+                isinstance(rule, list | tuple)
+                and len(rule) == 2
+                and isinstance(rule[0], str)
+                and (rule[1] is None or isinstance(rule[1], str)),
+                f"{name}.rules",
+                f"each rule is a (logical axis, mesh axis or None) pair, got {rule!r}",
+            )
+            logical, mesh_axis = rule
+            require(
+                mesh_axis is None or mesh_axis in MESH_AXES,
+                f"{name}.rules",
+                f"{logical!r} maps to unknown mesh axis {mesh_axis!r}; use one of {', '.join(MESH_AXES)} or None "
+                "(replicated)",
+            )
+            require(logical not in seen, f"{name}.rules", f"{logical!r} has two rules; keep one")
+            seen.add(logical)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -632,24 +632,41 @@ def jit_train_step(
     step_fn: Callable, state: TrainState, shardings: TrainState, batch: Batch, mesh: Mesh
 ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
     """Compiles ``step_fn`` with explicit shardings (state as given, batch over data x fsdp, key and metrics
-    replicated) and donates the state."""
+    replicated) and donates the state. ``batch``: the global batch or arrays of its shapes (leading axis P).
+
+    The returned step takes the batch as host arrays, each process's the rows of the global batch it holds
+    (``parallel.process_rows``) or the whole batch, and joins them into global arrays
+    (``parallel.global_batch``) before the compiled function runs."""
     batch_shardings = {name: parallel.batch_sharding(mesh, jnp.shape(v)) for name, v in batch.items()}
     repl = parallel.replicated(mesh)
-    return jax.jit(
+    jitted = jax.jit(
         step_fn,
         in_shardings=(shardings, batch_shardings, repl),
         out_shardings=(shardings, repl),
         donate_argnums=0,
     )
+    return _taking_host_batch(jitted, mesh, batch)
+
+
+def _taking_host_batch(jitted: Callable, mesh: Mesh, example: Batch) -> Callable:
+    """``jitted(state, batch, *rest)`` taking the batch as host arrays (this process's rows, or all) of the
+    global batch shaped like ``example``: numpy arrays cannot enter a jit whose sharding spans processes."""
+    size = jnp.shape(next(iter(example.values())))[0]
+
+    def step(state: TrainState, batch: Batch, *rest: Any) -> Any:
+        return jitted(state, parallel.global_batch(mesh, batch, size), *rest)
+
+    return step
 
 
 @dataclass(frozen=True)
 class HostRewardStep:
     """The step of a host reward, compiled as two functions with the reward computed on the host in between.
 
-    rollout(state, batch chunk (leading axis P / C), key) -> :data:`Rolled` of that chunk, its images sharded
-    over data x fsdp (so each process can score its own rows); it does not donate the state, so the C chunks
-    of a step can all be dispatched before the first is scored.
+    rollout(state, batch chunk (leading axis P / C; host arrays, as :func:`jit_train_step` takes them), key)
+    -> :data:`Rolled` of that chunk, its images sharded over data x fsdp (so each process can score its own
+    rows); it does not donate the state, so the C chunks of a step can all be dispatched before the first is
+    scored.
     update(state, chunks: C Rolled, rewards: C arrays (B / C,) float32, key) -> (new state, metrics): the
     chunks concatenated in order (sample b from prompt b // G, as one rollout), then advantages
     (:func:`advantages_from_rewards`) and stages 3 to 5; donates the state.
@@ -692,6 +709,8 @@ def jit_host_reward_step(
         return stages.update(state, rolled, all_rewards, advantages, advantage_stats, key)
 
     return HostRewardStep(
-        rollout=jax.jit(rollout_chunk, in_shardings=(shardings, batch_shardings, repl)),
+        rollout=_taking_host_batch(
+            jax.jit(rollout_chunk, in_shardings=(shardings, batch_shardings, repl)), mesh, chunk_batch
+        ),
         update=jax.jit(update, out_shardings=(shardings, repl), donate_argnums=0),
     )

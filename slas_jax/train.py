@@ -23,11 +23,11 @@ from slas_jax import grpo, parallel
 from slas_jax.checkpoint import Checkpointer
 from slas_jax.cli import USER_ERRORS, Command, Parsed, define_multihost_flags, one_line
 from slas_jax.config import MIXED_REWARD, Config, ConfigError, describe_config, json_ready, load_config
-from slas_jax.data import build_prompt_source
+from slas_jax.data import build_prompt_source, load_rows
 from slas_jax.errors import RewardError
 from slas_jax.evaluate import Evaluator, save_curves, write_summary
 from slas_jax.evaluate.fixed_sets import evaluates
-from slas_jax.metrics import open_metrics, to_python
+from slas_jax.metrics import MetricsWriter, open_metrics, to_python
 from slas_jax.models.conversion import ConversionError
 from slas_jax.pipelines import PipelineBundle, build_pipeline
 from slas_jax.pipelines.export import diffusers_source
@@ -89,6 +89,7 @@ def run(config: Config) -> list[dict[str, float]]:
         mesh = parallel.make_mesh(data=config.mesh.data, fsdp=config.mesh.fsdp, tensor=config.mesh.tensor)
     except ValueError as e:
         raise ConfigError(f"config.mesh: {e}") from e
+    primary = parallel.is_primary()  # one writer of the run folder, TensorBoard and W&B log, not one per host
     prompts = build_prompt_source(config.data)
     bundle, reward = load_models(config, prompts.vocabulary)
     if tc.export_every and config.model.checkpoint:
@@ -105,47 +106,75 @@ def run(config: Config) -> list[dict[str, float]]:
     state = grpo.init_train_state(bundle.params, frozen, tx, config)
     shardings = grpo.state_shardings(
         state,
-        parallel.state_shardings(bundle.params, mesh),
+        parallel.state_shardings(bundle.params, mesh, config.mesh.rules),
         jax.tree.map(lambda _: parallel.replicated(mesh), frozen),
         mesh,
     )
+    if primary and (report := parallel.replication_report(bundle.params, mesh, config.mesh.rules)):
+        tqdm.write(report)
     state = jax.device_put(state, shardings)
 
     def prepare(texts: list[str]) -> dict[str, np.ndarray]:
         extra = reward.prepare(texts) if reward.prepare is not None else {}
         return {"tokens": bundle.tokenize(texts), **extra}
 
+    # Each process loads only the rows of the prompt batch its devices hold, unless the host reads every
+    # prompt of the step: a host reward (its chunks cut the batch differently) or a rollout scorer.
+    whole = reward.host is not None or bool(config.eval.scorer)
+    rows = [(0, tc.prompts_per_step)] if whole else parallel.process_rows(mesh, tc.prompts_per_step)
+    if jax.process_count() > 1:
+        spans = ", ".join(f"{start}-{stop - 1}" for start, stop in rows)
+        tqdm.write(
+            f"{parallel.process_prefix()}{jax.local_device_count()} of {jax.device_count()} devices; loads "
+            f"prompts {spans} of each batch of {tc.prompts_per_step}"
+        )
+
     def make_batch(start: int) -> tuple[list[str], dict[str, np.ndarray]]:
-        texts, arrays = prompts.batch(start, tc.prompts_per_step)
+        """This process's rows of the batch at stream position ``start``: prompts and host arrays."""
+        texts, arrays = load_rows(prompts, start, rows)
         return texts, {**prepare(texts), **arrays}
 
     out_dir = Path(tc.output_dir)
     evaluator = Evaluator(config, bundle, prepare, reward) if evaluates(config, reward) else None
-    train_step = build_step(config, bundle.pipeline, reward, tx, state, shardings, make_batch(0)[1], mesh)
+    shapes = {
+        name: jax.ShapeDtypeStruct((tc.prompts_per_step, *np.shape(v)[1:]), np.asarray(v).dtype)
+        for name, v in make_batch(0)[1].items()
+    }
+    train_step = build_step(config, bundle.pipeline, reward, tx, state, shardings, shapes, mesh)
     host_step = train_step if isinstance(train_step, HostScoredStep) else None
     checkpointer = Checkpointer(out_dir / "checkpoints") if tc.checkpoint_every else None
     if checkpointer is not None and checkpointer.latest_step() is not None:
         state, _ = checkpointer.restore(state, shardings)
-        tqdm.write(f"resumed from step {int(state.step)} in {out_dir}/checkpoints")
-    primary = jax.process_index() == 0  # one TensorBoard / W&B log per run, not one per host
-    writer = open_metrics(
-        out_dir,
-        int(state.step),
-        tensorboard=tc.tensorboard and primary,
-        wandb_project=tc.wandb_project if primary else None,
-        config=json_ready(config),
+        tqdm.write(f"{parallel.process_prefix()}resumed from step {int(state.step)} in {out_dir}/checkpoints")
+    writer = (
+        open_metrics(
+            out_dir,
+            int(state.step),
+            tensorboard=tc.tensorboard,
+            wandb_project=tc.wandb_project,
+            config=json_ready(config),
+        )
+        if primary
+        else MetricsWriter([])
     )
     before, eval_images = {}, {}
     if evaluator is not None:
         before, eval_images = evaluator.evaluate(state.params, state.frozen)
-        evaluator.grid(
-            eval_images, out_dir / "samples_before.png", f"before training (step {int(state.step)})"
-        )
+        if primary:
+            evaluator.grid(
+                eval_images, out_dir / "samples_before.png", f"before training (step {int(state.step)})"
+            )
     base_key = jax.random.PRNGKey(tc.seed)
     history = []
     stop = _PreemptionFlag()
     started = time.perf_counter()
-    bar = tqdm(range(int(state.step), tc.num_steps), desc="GRPO", unit="step", dynamic_ncols=True)
+    bar = tqdm(
+        range(int(state.step), tc.num_steps),
+        desc="GRPO",
+        unit="step",
+        dynamic_ncols=True,
+        disable=not primary,
+    )
     tracing = False
     for step in bar:
         start = time.perf_counter()
@@ -193,9 +222,11 @@ def run(config: Config) -> list[dict[str, float]]:
             jax.profiler.stop_trace()
             tracing = False
         if stop.raised:
-            tqdm.write(f"stopped by signal after step {step + 1}; rerun the same command to resume")
+            tqdm.write(
+                f"{parallel.process_prefix()}stopped by signal after step {step + 1}; rerun the same command to resume"
+            )
             break
-    if evaluator is not None and history:
+    if evaluator is not None and history and primary:
         # The last step (or the step a signal stopped at) was evaluated: its images are the final state's.
         sets = {eval_set.name for eval_set in evaluator.sets}
         after = {k: v for k, v in history[-1].items() if k.split("/")[0] in sets}
@@ -223,11 +254,12 @@ def build_step(
     tx: optax.GradientTransformation,
     state: grpo.TrainState,
     shardings: grpo.TrainState,
-    batch: dict[str, np.ndarray],
+    batch: dict[str, Any],
     mesh: Mesh,
 ) -> Callable[..., tuple[grpo.TrainState, dict[str, Any]]]:
     """The compiled step ``(state, batch, key, texts) -> (state, metrics)``: one jit for a JAX reward, the
-    split step (:class:`HostScoredStep`) for a host reward. ``batch`` is a prompt batch, for its shapes."""
+    split step (:class:`HostScoredStep`) for a host reward. ``batch``: the global prompt batch's shapes
+    (arrays or ShapeDtypeStructs); the step takes this process's rows of it as host arrays."""
     return_samples = bool(config.eval.scorer)
     if reward.host is None:
         if config.reward.host_chunks != 1:
@@ -244,7 +276,10 @@ def build_step(
         return lambda state, batch, key, _texts: jitted(state, batch, key)
     chunks = config.reward.host_chunks
     check_host_layout(config.train.prompts_per_step * config.train.group_size // chunks, mesh)
-    chunk_batch = {name: value[: len(value) // chunks] for name, value in batch.items()}
+    chunk_batch = {
+        name: jax.ShapeDtypeStruct((value.shape[0] // chunks, *value.shape[1:]), value.dtype)
+        for name, value in batch.items()
+    }
     stages = grpo.make_step_stages(pipeline, tx, config, mesh, return_samples=return_samples)
     compiled = grpo.jit_host_reward_step(stages, config, shardings, chunk_batch, mesh)
     return HostScoredStep(compiled, reward, config.train.group_size, chunks, mesh)

@@ -28,7 +28,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from slas_jax import lora
+from slas_jax import lora, parallel
 from slas_jax.config import Config, json_ready, load_config
 from slas_jax.models.conversion import ConversionError
 from slas_jax.pipelines import PipelineBundle, build_pipeline
@@ -72,13 +72,15 @@ def params_hash(groups: Mapping[str, Any]) -> str:
 
 def save_checkpoint(folder: str | Path, groups: Mapping[str, Any], metadata: Mapping[str, Any]) -> None:
     """Writes ``groups`` ({name: pytree of arrays}) with Orbax under ``folder/params`` (replacing what is
-    there) and ``metadata`` as indented JSON in ``folder/metadata.json``."""
+    there) and ``metadata`` as indented JSON in ``folder/metadata.json``. On a multi-host run every process
+    calls it with the same host arrays; process 0 writes the files."""
     folder = Path(folder).absolute()
     folder.mkdir(parents=True, exist_ok=True)
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(folder / PARAMS_DIR, {k: np.asarray(v) for k, v in flatten(groups).items()}, force=True)
     checkpointer.wait_until_finished()
-    (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    if parallel.is_primary():
+        (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
 
 
 def read_metadata(folder: str | Path, regenerate: str = "") -> dict[str, Any]:
@@ -213,27 +215,29 @@ def export_policy(
     that diffusers' ``from_pretrained`` loads; ``metadata["diffusers"]`` names it. With LoRA adapters
     (``model.lora``) on such a model and no ``model.init_checkpoint``, ``params/`` holds the adapters alone
     and the diffusers folder links the source's backbone beside ``pytorch_lora_weights.safetensors``: the
-    base is ``model.checkpoint``'s. Returns the parameter hash. Gathers every written leaf to this host, so
-    it suits models that fit one host's memory."""
+    base is ``model.checkpoint``'s. Returns the parameter hash. Gathers every written leaf to every host
+    (``parallel.host_value``), so it suits models that fit one host's memory; on a multi-host run every
+    process calls it (the gather and Orbax's save are collective, and process 0 writes the files)."""
     # A LoRA policy of a diffusers-folder model is its adapters: the base is that folder's backbone, which
     # load_policy rebuilds (and the diffusers export links) instead of a copy of, say, FLUX.1-dev's 12B.
     adapters_only = (
         lora.has_adapters(params) and config.model.checkpoint is not None and not config.model.init_checkpoint
     )
-    groups = {"backbone": jax.device_get(lora.split(params)[0] if adapters_only else params)}
+    groups = {"backbone": parallel.host_value(lora.split(params)[0] if adapters_only else params)}
     if config.model.checkpoint is None and "text" in frozen:
-        groups["text"] = jax.device_get(frozen["text"])
+        groups["text"] = parallel.host_value(frozen["text"])
     digest = params_hash(groups)
     source = config.model.init_checkpoint or config.model.checkpoint
     model = dataclasses.replace(config.model, init_checkpoint=None)
     diffusers = {}
     if config.model.checkpoint is not None:
-        if jax.process_index() == 0:  # one writer: hosts may share the run folder
+        if parallel.is_primary():  # one writer: hosts may share the run folder
             export_diffusers(
                 Path(folder) / DIFFUSERS_DIR,
                 config.model.family,
                 config.model.checkpoint,
-                params,  # read leaf by leaf; with link_backbone, the adapters alone
+                # Gathered; with link_backbone only the adapters are read, leaf by leaf.
+                params if adapters_only else groups["backbone"],
                 config.model.lora.alpha,
                 link_backbone=adapters_only,
             )

@@ -1,8 +1,11 @@
 """A minimal conditional denoiser and a one-call GRPO step runner, shared by the engine tests."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 from slas_jax import grpo, parallel
@@ -42,6 +45,9 @@ PIPELINE = grpo.Pipeline(
 MESH_TEST_OVERRIDES = {"train": {"group_size": 8, "micro_batch_size": 8}}
 """One prompt whose 8-sample group spreads over all devices: group statistics must stay global."""
 
+SPLIT_BATCH_OVERRIDES = {"train": {"group_size": 2, "micro_batch_size": 16}}
+"""With 8 prompts: 16 samples in one update, the prompt batch split over up to 8 data x fsdp devices."""
+
 
 def brightness(_frozen, images, _batch):
     return images.mean(axis=(1, 2, 3))
@@ -64,18 +70,29 @@ def harness_config(overrides, prompts):
     )
 
 
-def _fresh(config, tx, devices, state):
-    mesh = parallel.make_mesh(devices=jax.devices()[:devices])
+def _fresh(config, tx, devices, state, mesh_shape=None):
+    """``mesh_shape``: (data, fsdp, tensor) over the first ``devices`` devices (default: all data)."""
+    data, fsdp, tensor = mesh_shape or (-1, 1, 1)
+    mesh = parallel.make_mesh(data=data, fsdp=fsdp, tensor=tensor, devices=jax.devices()[:devices])
     fresh = grpo.init_train_state(jax.tree.map(jnp.copy, PARAMS), {}, tx, config)
     shardings = grpo.state_shardings(fresh, parallel.state_shardings(PARAMS, mesh), {}, mesh)
     return mesh, shardings, jax.device_put(fresh if state is None else state, shardings)
 
 
-def run_step(overrides, *, devices=1, tx=None, reward=brightness, prompts=2, key=0, steps=1, state=None):
+def prompt_batch(prompts):
+    """The harness's prompt batch: prompt i conditioned on one-hot i mod 4, (prompts, 4) float32."""
+    return {"onehot": np.eye(4, dtype=np.float32)[np.arange(prompts) % 4]}
+
+
+def run_step(
+    overrides, *, devices=1, tx=None, reward=brightness, prompts=2, key=0, steps=1, state=None, mesh=None
+):
+    """One GRPO step (or ``steps``) of the harness model on ``devices`` devices, ``mesh`` (data, fsdp,
+    tensor) sizes over them (default: all data); returns the state and the last metrics."""
     config = harness_config(overrides, prompts)
     tx = tx or grpo.make_optimizer(config)
-    mesh, shardings, state = _fresh(config, tx, devices, state)
-    batch = {"onehot": jnp.eye(4)[:prompts]}
+    mesh, shardings, state = _fresh(config, tx, devices, state, mesh)
+    batch = prompt_batch(prompts)
     step = grpo.jit_train_step(
         grpo.make_train_step(PIPELINE, reward, tx, config, mesh), state, shardings, batch, mesh
     )
@@ -83,6 +100,13 @@ def run_step(overrides, *, devices=1, tx=None, reward=brightness, prompts=2, key
     for _ in range(steps):
         state, metrics = step(state, batch, jax.random.fold_in(jax.random.PRNGKey(key), state.step))
     return state, metrics
+
+
+@functools.cache
+def split_batch_step_on_one_device():
+    """(state, metrics) of one SGD(1.0) step on 8 prompts x 2 samples (``SPLIT_BATCH_OVERRIDES``) on one
+    device: the reference of the mesh and multi-process tests, computed once per test session."""
+    return run_step(SPLIT_BATCH_OVERRIDES, tx=optax.sgd(1.0), prompts=8)
 
 
 def host_brightness(images, _prompts, _arrays):
@@ -99,7 +123,7 @@ def run_host_step(overrides, host=host_brightness, *, devices=1, tx=None, prompt
     config = harness_config(overrides, prompts)
     tx = tx or grpo.make_optimizer(config)
     mesh, shardings, state = _fresh(config, tx, devices, None)
-    batch = {"onehot": np.eye(4, dtype=np.float32)[:prompts]}
+    batch = prompt_batch(prompts)
     chunks = config.reward.host_chunks
     stages = grpo.make_step_stages(PIPELINE, tx, config, mesh)
     compiled = grpo.jit_host_reward_step(

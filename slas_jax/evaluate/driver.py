@@ -152,7 +152,7 @@ def generate(
         mesh = parallel.make_mesh(data=-1, fsdp=mc.fsdp, tensor=mc.tensor, devices=jax.local_devices())
     except ValueError as e:
         raise ConfigError(f"config.mesh: over this host's devices, {e}") from e
-    param_shardings = parallel.state_shardings(bundle.params, mesh)
+    param_shardings = parallel.state_shardings(bundle.params, mesh, mc.rules)
     frozen_shardings = jax.tree.map(lambda _: parallel.replicated(mesh), bundle.frozen)
     params = jax.device_put(bundle.params, param_shardings)
     frozen = jax.device_put(bundle.frozen, frozen_shardings)

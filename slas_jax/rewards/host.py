@@ -28,21 +28,11 @@ from slas_jax.grpo import Batch, HostRewardStep, TrainState
 from slas_jax.rewards.registry import Reward
 
 
-def local_rows(sharding: Sharding, shape: Sequence[int]) -> list[tuple[int, int]]:
-    """The (start, stop) row ranges of an array of ``shape`` (leading axis the batch) that this process's
-    devices hold, sorted by start and each once (devices along the tensor axis hold the same rows)."""
-    spans = {
-        index[0].indices(shape[0])[:2]
-        for index in sharding.addressable_devices_indices_map(tuple(shape)).values()
-    }
-    return sorted(spans)
-
-
 def local_images(images: jax.Array) -> tuple[np.ndarray, np.ndarray]:
     """This process's rows of ``images`` (B, h, w, 3): their indices (n,) int64, sorted, and the images
     (n, h, w, 3) float32 numpy. Blocks until the computation producing them is done."""
     by_start = {shard.index[0].indices(images.shape[0])[0]: shard for shard in images.addressable_shards}
-    spans = local_rows(images.sharding, images.shape)
+    spans = parallel.addressable_rows(images.sharding, images.shape)
     rows = np.concatenate([np.arange(start, stop) for start, stop in spans])
     return rows, np.concatenate([np.asarray(by_start[start].data) for start, _ in spans])
 
