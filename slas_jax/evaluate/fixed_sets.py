@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from slas_jax import parallel
 from slas_jax.config import Config, DataConfig
 from slas_jax.data import build_prompt_source
 from slas_jax.errors import ConfigError, RewardError
@@ -151,7 +152,7 @@ class Evaluator:
         images = self.generate(
             params, frozen, eval_set.batch, self.key, samples_per_prompt=self.config.samples_per_prompt
         )
-        return np.asarray(images)
+        return parallel.host_value(images)  # on a pod the images are spread over the processes
 
     def rewards(self, frozen: Any, eval_set: EvalSet, images: np.ndarray) -> dict[str, np.ndarray]:
         """Per image (n,): the training reward (``reward``) and each held-out reward (by label)."""
