@@ -1,0 +1,155 @@
+"""Resuming through the training CLI, as a user (or a scheduler) does: a run killed with SIGKILL at a random
+step and rerun with the same command ends bitwise equal to an uninterrupted run, with equal metrics, summary
+and curves, even when its newest checkpoint is damaged; SIGTERM and SIGINT finish the step, save (also with
+checkpointing off) and exit 75; a finished run's command is a no-op; a changed config is refused in one line.
+
+The runs share one JAX compilation cache, so that only the first compiles."""
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from cli_runner import ROOT, one_line_error, run_module
+from test_checkpoint import flip_byte
+
+from slas_jax.checkpoint import MANIFEST
+from slas_jax.cli import EXIT_STOPPED
+from slas_jax.metrics import read_metrics
+
+pytestmark = pytest.mark.slow
+
+CONFIG = ROOT / "tests" / "resume_brightness.py"
+STEPS = 5
+TIMING = ("step_time_s",)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """One CPU device (as a user runs it) and a compilation cache shared by the module's runs."""
+    return {
+        "XLA_FLAGS": "",
+        "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
+
+
+def command(folder: Path, *overrides: str, variant: str = "") -> list[str]:
+    config = f"{CONFIG}:{variant}" if variant else str(CONFIG)
+    return ["--config", config, f"--config.train.output_dir={folder}", *overrides]
+
+
+def train(folder: Path, env: dict[str, str], *overrides: str) -> subprocess.CompletedProcess:
+    return run_module("slas_jax.train", *command(folder, *overrides), timeout=300, env=env)
+
+
+def start(folder: Path, env: dict[str, str], *overrides: str, variant: str = "") -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "slas_jax.train", *command(folder, *overrides, variant=variant)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **env},
+    )
+
+
+def wait_for_step(folder: Path, step: int, process: subprocess.Popen, timeout: float = 240) -> None:
+    """Until metrics.jsonl holds ``step``."""
+    path, deadline = folder / "metrics.jsonl", time.monotonic() + timeout
+    while not (path.is_file() and any(r["step"] >= step for r in read_metrics(path))):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"no step {step} in {timeout} s"
+        time.sleep(0.1)
+
+
+def untimed(path: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in read_metrics(path)]
+
+
+def final_arrays(folder: Path) -> dict[str, np.ndarray]:
+    return ocp.StandardCheckpointer().restore(folder / "checkpoints" / str(STEPS) / "state")
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, env):
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    out = train(folder, env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"done: {STEPS} steps" in out.stdout
+    return folder
+
+
+def test_a_run_killed_at_a_random_step_resumes_bitwise(uninterrupted, tmp_path, env):
+    kill_after = random.Random(7).randint(2, STEPS - 2)
+    process = start(tmp_path, env)
+    wait_for_step(tmp_path, kill_after, process)
+    process.kill()
+    process.wait()
+    # The newest sealed checkpoint is damaged too: the resume must fall back on the one before it.
+    newest = max(int(p.parent.name) for p in (tmp_path / "checkpoints").glob(f"*/{MANIFEST}"))
+    flip_byte(tmp_path / "checkpoints" / str(newest))
+    out = train(tmp_path, env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"warning: checkpoint {newest} is damaged: " in out.stderr and "Traceback" not in out.stderr
+    assert f"done: {STEPS} steps" in out.stdout
+    want, got = final_arrays(uninterrupted), final_arrays(tmp_path)
+    assert want.keys() == got.keys()
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    for name in ("metrics.jsonl", "history.jsonl"):
+        assert untimed(tmp_path / name) == untimed(uninterrupted / name), name
+    for name in ("before.json", "final.json", "samples_before.png", "samples_after.png", "curves.png"):
+        assert (tmp_path / name).read_bytes() == (uninterrupted / name).read_bytes(), name
+
+    def summary(folder):
+        return re.sub(r"wall time \d+ s", "", (folder / "summary.md").read_text()).replace(str(folder), "")
+
+    assert summary(tmp_path) == summary(uninterrupted)
+
+
+def test_rerunning_a_finished_run_changes_nothing(uninterrupted, env):
+    before = snapshot(uninterrupted)
+    out = train(uninterrupted, env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines() == [
+        f"finished: {uninterrupted} holds all {STEPS} steps (checkpoint {STEPS}); nothing to do (raise "
+        "train.num_steps to train on)"
+    ]
+    assert snapshot(uninterrupted) == before
+
+
+def test_a_changed_config_is_refused_in_one_line(uninterrupted, env):
+    line = one_line_error(train(uninterrupted, env, "--config.train.group_size=4"))
+    assert "train.group_size: 2 -> 4" in line and "train.resume_override=True" in line
+
+
+def test_sigterm_and_sigint_finish_the_step_save_and_exit_75(tmp_path, env):
+    stopped_at = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        process = start(tmp_path, env, "--config.train.checkpoint_every=0", variant="no_eval")
+        wait_for_step(tmp_path, stopped_at[-1] if stopped_at else 0, process)
+        process.send_signal(sig)
+        stdout, stderr = process.communicate(timeout=120)
+        assert process.returncode == EXIT_STOPPED, stderr[-3000:]
+        assert "Traceback" not in stderr
+        step = read_metrics(tmp_path / "metrics.jsonl")[-1]["step"] + 1
+        assert stdout.strip().splitlines()[-1] == (
+            f"stopped by {sig.name} after step {step} of {STEPS}; checkpoint {step} saved in "
+            f"{tmp_path / 'checkpoints'}; rerun the same command to resume"
+        )
+        assert (tmp_path / "checkpoints" / str(step) / MANIFEST).is_file()
+        stopped_at.append(step)
+    assert f"resumed from step {stopped_at[0]}" in stdout
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == list(range(stopped_at[1]))
