@@ -211,6 +211,7 @@ class Checkpointer:
         hashing leaves when ``keep`` is 1) is returned unverified, listed among the damaged ones too.
 
         With several processes, process 0 checks the files and the others take its answer."""
+        self.wait()
         found, damaged = None, []
         if jax.process_index() == 0:
             for step in self.steps():
@@ -259,6 +260,7 @@ class Checkpointer:
         return self.newest_intact()[0]
 
     def _restorable(self, step: int | None) -> int:
+        self.wait()
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no intact checkpoint in {self.directory}")

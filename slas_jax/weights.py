@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import platform
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -191,7 +192,12 @@ def export_policy(
     ``metadata["rl"]``. A model built from a diffusers folder (``model.checkpoint``) is also written as a
     diffusers pipeline folder, ``folder/diffusers`` (``slas_jax.pipelines.export``, written by process 0),
     that diffusers' ``from_pretrained`` loads; ``metadata["diffusers"]`` names it. Returns the parameter
-    hash. Gathers every leaf to this host, so it suits models that fit one host's memory."""
+    hash. Gathers every leaf to this host, so it suits models that fit one host's memory.
+
+    The folder is written beside as ``<folder>.partial`` and then swapped into place (:func:`swap_in`), so
+    an export cut short leaves the previous one of that folder whole and never a half-written one."""
+    folder = Path(folder)
+    partial = folder.with_name(folder.name + ".partial")
     groups = {"backbone": jax.device_get(params)}
     if config.model.checkpoint is None and "text" in frozen:
         groups["text"] = jax.device_get(frozen["text"])
@@ -202,7 +208,7 @@ def export_policy(
     if config.model.checkpoint is not None:
         if jax.process_index() == 0:  # one writer: hosts may share the run folder
             export_diffusers(
-                Path(folder) / DIFFUSERS_DIR, config.model.family, config.model.checkpoint, groups["backbone"]
+                partial / DIFFUSERS_DIR, config.model.family, config.model.checkpoint, groups["backbone"]
             )
         diffusers = {"diffusers": DIFFUSERS_DIR}
     metadata = {
@@ -216,8 +222,21 @@ def export_policy(
         "params_sha256": digest,
         **diffusers,
     }
-    save_checkpoint(folder, groups, metadata)
+    save_checkpoint(partial, groups, metadata)
+    if jax.process_index() == 0:
+        swap_in(partial, folder)
     return digest
+
+
+def swap_in(partial: Path, folder: Path) -> None:
+    """Puts the complete folder ``partial`` in the place of ``folder`` (which may not exist): two renames,
+    between which both the old (``<folder>.old``) and the new folder are whole."""
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    partial.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def software() -> dict[str, str]:
