@@ -290,6 +290,12 @@ class TrainConfig:
         )
         require(self.grad_accum_steps >= 1, f"{name}.grad_accum_steps", "must be >= 1")
         require(
+            "://" not in self.output_dir,
+            f"{name}.output_dir",
+            f"{self.output_dir} is a remote folder; checkpoints could go there but metrics and reports are "
+            "written with local file APIs, so use a local folder (on a TPU VM, a gcsfuse mount of the bucket)",
+        )
+        require(
             self.keep_checkpoints >= 1,
             f"{name}.keep_checkpoints",
             f"must be >= 1 (the newest is what a rerun resumes from), got {self.keep_checkpoints}",

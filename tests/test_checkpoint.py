@@ -121,11 +121,16 @@ def test_an_empty_newer_step_folder_is_skipped(tmp_path):
     np.testing.assert_array_equal(restore_tiny(checkpointer).params["w"], tiny_state(2).params["w"])
 
 
-def test_a_checkpoint_whose_arrays_do_not_fit_is_one_line(tmp_path):
+@pytest.mark.parametrize(
+    "change",
+    [{"params": {"w": jnp.zeros((64, 65))}}, {"ref_params": {"w": jnp.zeros((64, 64))}}],
+    ids=["wider model", "KL turned on"],
+)
+def test_a_checkpoint_whose_arrays_do_not_fit_is_one_line(tmp_path, change):
     checkpointer = saved(tmp_path / "ckpt", (1,))
-    wider = tiny_state(0).replace(params={"w": jnp.zeros((64, 65))})
+    other = tiny_state(0).replace(**change)
     with pytest.raises(CheckpointError, match=r"checkpoint 1 in .* does not fit this run's train state") as e:
-        checkpointer.restore(wider, jax.tree.map(lambda x: x.sharding, wider))
+        checkpointer.restore(other, jax.tree.map(lambda x: x.sharding, other))
     assert "\n" not in str(e.value)
 
 

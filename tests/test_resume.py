@@ -81,6 +81,23 @@ def save_run(folder, steps, run_config):
     return checkpointer
 
 
+def test_an_accepted_override_is_logged_with_the_checkpoints(tmp_path):
+    checkpointer = save_run(tmp_path, (1,), config(tmp_path))
+    changed = config(tmp_path, **{"advantage.method": "dance_grpo", "train.resume_override": True})
+    resume = plan_resume(changed, checkpointer, tmp_path)
+    assert resume.step == 1 and resume.changed == ['advantage.method: "slas" -> "dance_grpo"']
+    assert resume.warnings == [
+        f"resuming checkpoint 1 in {tmp_path / 'checkpoints'} despite changed config (train.resume_override): "
+        'advantage.method: "slas" -> "dance_grpo"'
+    ]
+    assert resume.overrides == [{"step": 1, "changes": resume.changed}]
+
+
+def test_a_remote_output_dir_is_refused_until_run_outputs_can_go_there():
+    with pytest.raises(ConfigError, match=r"config.train.output_dir: gs://bucket/run is a remote folder"):
+        config("gs://bucket/run")
+
+
 def test_a_finished_run_is_left_alone(tmp_path):
     run_config = config(tmp_path, **{"train.num_steps": 2})
     checkpointer = save_run(tmp_path, (1, 2), run_config)
