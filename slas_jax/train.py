@@ -205,10 +205,9 @@ def _train(config: Config, checkpointer: Checkpointer, resume: Resume, stop: _St
     steps_log = JsonLines(out_dir / HISTORY_FILE, int(state.step))
     history = history_records(out_dir)
     before, eval_images = {}, {}
+    # A resumed run keeps the first evaluation's scores and baselines: its gaps and reports span the whole run.
     kept = load_before(out_dir) if evaluator is not None and resume.step else None
-    if (
-        kept is not None
-    ):  # the first evaluation's scores and baselines, so that gains and reports span the run
+    if kept is not None:
         before, evaluator.baselines = kept
     elif evaluator is not None:
         before, eval_images = evaluator.evaluate(state.params, state.frozen)
@@ -240,7 +239,7 @@ def _train(config: Config, checkpointer: Checkpointer, resume: Resume, stop: _St
         last = step == tc.num_steps - 1
         if evaluator is not None:
             record.update(evaluator.score_rollout(np.asarray(images), batch, tc.group_size))
-            if (step + 1) % config.eval.every == 0 or last or stop.raised:
+            if (step + 1) % config.eval.every == 0 or last:
                 scores, eval_images = evaluator.evaluate(state.params, state.frozen)
                 record.update(scores)
         record["step_time_s"] = time.perf_counter() - start
@@ -274,8 +273,10 @@ def _train(config: Config, checkpointer: Checkpointer, resume: Resume, stop: _St
             tracing = False
         if stop.raised:
             break
-    if evaluator is not None and history:
-        # The last step (or the step a signal stopped at) was evaluated: its images are the final state's.
+    # A run a signal stopped writes no report: it is not over, and its preemption grace period is short.
+    stopped = stop.raised and int(state.step) < tc.num_steps
+    if evaluator is not None and not stopped:
+        # The last step was evaluated: its images are the final state's.
         sets = {eval_set.name for eval_set in evaluator.sets}
         after = {k: v for k, v in history[-1].items() if k.split("/")[0] in sets}
         evaluator.grid(
@@ -292,7 +293,7 @@ def _train(config: Config, checkpointer: Checkpointer, resume: Resume, stop: _St
         )
         write_summary(out_dir / SUMMARY_FILE, config, history, before, after, time.perf_counter() - started)
     writer.close()
-    if stop.raised and int(state.step) < tc.num_steps:
+    if stopped:
         done = int(state.step)
         return Outcome(
             history,
