@@ -229,7 +229,7 @@ class Checkpointer:
 
             found = int(multihost_utils.broadcast_one_to_all(np.int64(-1 if found is None else found)))
             found = None if found < 0 else found
-            damaged = [Damaged(s, "see process 0") for s in self.steps() if found is None or s > found]
+            damaged = [Damaged(s, "found by process 0") for s in self.steps() if found is None or s > found]
         return found, damaged
 
     def _committed(self, step: int) -> bool:
