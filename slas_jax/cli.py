@@ -3,7 +3,8 @@
 
 A user error (:class:`slas_jax.errors.UserError`: bad config, damaged checkpoint, bad prompt file; a missing
 file; a loss that became non-finite) ends with ``error: <one line>`` on stderr and exit code 2, or with the
-traceback under ``--verbose``. Success prints the command's one-line summary and exits 0.
+traceback under ``--verbose``. Success prints the command's one-line summary and exits 0; a command can
+instead end with an :class:`Exit` of its own code, e.g. :data:`EXIT_STOPPED` for a run stopped by a signal.
 """
 
 from __future__ import annotations
@@ -20,6 +21,22 @@ from ml_collections import ConfigDict, config_flags
 from slas_jax.errors import ConfigError, UserError
 
 USER_ERRORS = (UserError, FileNotFoundError, FloatingPointError)
+EXIT_STOPPED = 75
+"""Exit code of a command a signal (SIGTERM, SIGINT) stopped early after saving what it needs to resume:
+sysexits' EX_TEMPFAIL ("try again"), neither success (0) nor a user error (2), so a scheduler restarts it."""
+
+
+@dataclass(frozen=True)
+class Exit:
+    """A command's last line and exit code, for an end other than success (0)."""
+
+    line: str
+    code: int
+
+
+def warn(line: str) -> None:
+    """One line on stderr about something the command did in the user's stead (``warning: <line>``)."""
+    print(f"warning: {line}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -119,8 +136,9 @@ class Command:
             )
         return Parsed(values, config, args)
 
-    def main(self, body: Callable[[Parsed], str], argv: Sequence[str] | None = None) -> int:
-        """Runs ``body`` on the parsed command line and prints its summary; returns the exit code."""
+    def main(self, body: Callable[[Parsed], str | Exit], argv: Sequence[str] | None = None) -> int:
+        """Runs ``body`` on the parsed command line and prints its summary (or its :class:`Exit` line);
+        returns the exit code."""
         argv = list(sys.argv if argv is None else argv)
         if any(a in ("--help", "-h", "--helpfull") for a in argv[1:]):
             print(self.help(), end="")
@@ -133,6 +151,14 @@ class Command:
                 raise
             print(f"error: {one_line(e)}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            if verbose:
+                raise
+            print("error: interrupted (Ctrl-C)", file=sys.stderr)
+            return 130
+        if isinstance(summary, Exit):
+            print(summary.line)
+            return summary.code
         print(summary)
         return 0
 

@@ -278,7 +278,22 @@ class TrainConfig:
     log_every: int = 1
     """Steps between metrics.jsonl lines."""
     checkpoint_every: int = 0
-    """Every N steps (and at the end) the train state is saved for resuming; 0: never."""
+    """Every N steps (and at the end) the train state is saved for resuming, in ``output_dir/checkpoints``
+    (written in the background while the loop goes on); 0: never, except when a signal (SIGTERM, SIGINT)
+    stops the run, which always saves. Rerunning the same command resumes from the newest intact checkpoint
+    (``slas_jax.resume``)."""
+    keep_checkpoints: int = 2
+    """Newest checkpoints kept, >= 1; more of them are more steps back to fall back on when the newest is
+    damaged."""
+    keep_best_metric: str | None = None
+    """A logged metric (e.g. ``reward_mean``, or a fixed set's ``train/reward``): the checkpoint that scored best
+    on it is also kept; a checkpoint saved at a step that did not measure it does not compete. None: none."""
+    keep_best_mode: Literal["max", "min"] = "max"
+    """Whether the best ``keep_best_metric`` is the highest or the lowest."""
+    resume_override: bool = False
+    """Resume even though config fields outside ``slas_jax.resume.RESUMABLE`` (model, sampler, advantage,
+    loss, reward, ...) differ from the checkpoint's; the changes are printed and kept in later checkpoints'
+    metadata. Without it such a resume is refused in one line naming the fields."""
     export_every: int = 0
     """Every N steps (and at the end) the policy is written as a weights folder,
     ``output_dir/policy/step_<n>`` (``slas_jax.weights.export_policy``: for resuming, ``load_policy`` and
@@ -319,6 +334,22 @@ class TrainConfig:
             "checkpoint_every and export_every must be >= 0 (0: never)",
         )
         require(self.grad_accum_steps >= 1, f"{name}.grad_accum_steps", "must be >= 1")
+        require(
+            "://" not in self.output_dir,
+            f"{name}.output_dir",
+            f"{self.output_dir} is a remote folder; checkpoints could go there but metrics and reports are "
+            "written with local file APIs, so use a local folder (on a TPU VM, a gcsfuse mount of the bucket)",
+        )
+        require(
+            self.keep_checkpoints >= 1,
+            f"{name}.keep_checkpoints",
+            f"must be >= 1 (the newest is what a rerun resumes from), got {self.keep_checkpoints}",
+        )
+        require(
+            self.keep_best_metric != "",
+            f"{name}.keep_best_metric",
+            "must name a logged metric, or be None",
+        )
         require(
             not self.wandb_project or importlib.util.find_spec("wandb") is not None,
             f"{name}.wandb_project",

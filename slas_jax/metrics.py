@@ -3,7 +3,9 @@ backends: JSON lines (``metrics.jsonl``, always), TensorBoard event files (tenso
 TensorFlow) and Weights & Biases (the ``wandb`` extra, imported only when a run asks for it).
 
 A backend has ``write(step, metrics)`` and ``close()``. Resuming at ``start_step`` forgets what an earlier
-process logged for steps >= start_step in each backend that can (those steps run again).
+process logged for steps >= start_step in each backend that can (those steps run again). A JSON-lines file
+whose last line a stopped process left unfinished loses that line (with a warning); any other line that is
+not a JSON record stops the run with one line naming it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from slas_jax.cli import warn
+from slas_jax.errors import UserError
+
+METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 WANDB_RUN_ID = "wandb_run_id"
 """The file in the run folder that keeps the W&B run's id, so that a resumed run logs into the same run."""
@@ -47,7 +53,12 @@ class JsonLines:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
-            kept = [r for r in read_metrics(self.path) if r["step"] < start_step]
+            records, torn = read_records(self.path)
+            if torn is not None:
+                warn(
+                    f"dropped the unfinished last line of {self.path} ({torn[:40]!r}...), left by a stopped run"
+                )
+            kept = [r for r in records if r["step"] < start_step]
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
@@ -135,7 +146,7 @@ def open_metrics(
     """The writer of a run folder: ``folder/metrics.jsonl``, TensorBoard events in ``folder/tensorboard``
     when ``tensorboard``, the W&B run of ``wandb_project`` (with ``config``) when set."""
     folder = Path(folder)
-    backends: list[MetricsBackend] = [JsonLines(folder / "metrics.jsonl", start_step)]
+    backends: list[MetricsBackend] = [JsonLines(folder / METRICS_FILE, start_step)]
     if tensorboard:
         backends.append(TensorBoard(folder / TENSORBOARD_DIR, start_step))
     if wandb_project:
@@ -143,6 +154,30 @@ def open_metrics(
     return MetricsWriter(backends)
 
 
+def read_records(path: str | Path) -> tuple[list[dict[str, Any]], str | None]:
+    """The records of a JSON-lines file in order, and its last line when that one is unfinished (what a
+    process stopped while appending leaves; None: none). UserError naming any other line that is not a JSON
+    record with a ``step``."""
+    lines = Path(path).read_text().splitlines()
+    records, torn = [], None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or "step" not in record:
+                raise ValueError("not a record with a step")
+        except ValueError as e:
+            if number == len(lines):
+                torn = line
+                break
+            raise UserError(
+                f"{path} line {number} is not a JSON record ({e}); repair or delete that line"
+            ) from None
+        records.append(record)
+    return records, torn
+
+
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a metrics.jsonl file, in order."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """All complete records of a metrics.jsonl file, in order (an unfinished last line left out)."""
+    return read_records(path)[0]

@@ -3,13 +3,20 @@
 Wiring only: config -> mesh -> prompts, reward, pipeline -> jitted GRPO step -> loop with progress bar,
 JSON-lines metrics, evaluation, checkpoints and policy exports. Bad configs, missing checkpoints and bad
 inputs end with one line on stderr and exit code 2; ``--verbose`` shows the traceback instead.
+
+Rerunning a command resumes its run (``slas_jax.resume``: from the newest intact checkpoint of the same
+config; a finished run is left as it is, exit 0). SIGTERM and SIGINT (Ctrl-C) finish the step in flight, save
+a checkpoint (even with ``train.checkpoint_every=0``) and exit with ``cli.EXIT_STOPPED`` (75); a second
+signal stops at once without saving.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +27,38 @@ from jax.sharding import Mesh
 from tqdm import tqdm
 
 from slas_jax import grpo, parallel
-from slas_jax.checkpoint import Checkpointer
-from slas_jax.cli import USER_ERRORS, Command, Parsed, define_multihost_flags, one_line
+from slas_jax.checkpoint import Checkpointer, as_path
+from slas_jax.cli import (
+    EXIT_STOPPED,
+    USER_ERRORS,
+    Command,
+    Exit,
+    Parsed,
+    define_multihost_flags,
+    one_line,
+    warn,
+)
 from slas_jax.config import MIXED_REWARD, Config, ConfigError, describe_config, json_ready, load_config
 from slas_jax.data import build_prompt_source, load_rows
 from slas_jax.errors import RewardError
 from slas_jax.evaluate import Evaluator, save_curves, write_summary
 from slas_jax.evaluate.fixed_sets import evaluates
-from slas_jax.metrics import MetricsWriter, open_metrics, to_python
+from slas_jax.metrics import JsonLines, MetricsWriter, open_metrics, to_python
 from slas_jax.models.conversion import ConversionError
 from slas_jax.pipelines import PipelineBundle, build_pipeline
 from slas_jax.pipelines.export import diffusers_source
+from slas_jax.resume import (
+    FINGERPRINT,
+    HISTORY_FILE,
+    OVERRIDES,
+    SUMMARY_FILE,
+    Resume,
+    fingerprint,
+    history_records,
+    load_before,
+    plan_resume,
+    save_before,
+)
 from slas_jax.rewards import Reward, build_reward, check_reads
 from slas_jax.rewards.host import HostScoredStep, check_host_layout
 from slas_jax.rewards.mix import build_mixed_reward
@@ -82,8 +110,48 @@ def load_models(config: Config, vocabulary: Sequence[str]) -> tuple[PipelineBund
     return bundle, reward
 
 
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a train command ended. history: every step's record of the whole run (steps of earlier, resumed
+    processes included); finished: the line saying the run had been finished before (nothing was done);
+    stopped: the line saying a signal stopped it, and where it was saved."""
+
+    history: list[dict[str, float]]
+    finished: str = ""
+    stopped: str = ""
+
+
 def run(config: Config) -> list[dict[str, float]]:
-    """Trains for ``config.train.num_steps`` steps; returns the logged metrics (also in metrics.jsonl)."""
+    """Trains for ``config.train.num_steps`` steps (resuming the run in ``train.output_dir``); returns every
+    step's record (metrics.jsonl holds those of every ``train.log_every``-th step)."""
+    return train(config).history
+
+
+def train(config: Config) -> Outcome:
+    """Runs, resumes or leaves alone (finished) the run of ``config`` in ``train.output_dir``."""
+    tc = config.train
+    checkpointer = Checkpointer(
+        as_path(tc.output_dir) / CHECKPOINTS,
+        keep=tc.keep_checkpoints,
+        best_metric=tc.keep_best_metric,
+        best_mode=tc.keep_best_mode,
+    )
+    try:
+        resume = plan_resume(config, checkpointer, tc.output_dir)
+        for line in resume.warnings:
+            warn(line)
+        if resume.finished:
+            return Outcome(history_records(tc.output_dir), finished=resume.line)
+        with _StopSignals() as stop:
+            return _train(config, checkpointer, resume, stop)
+    finally:
+        checkpointer.close()  # the last save written and sealed, also when the run failed
+
+
+def _train(config: Config, checkpointer: Checkpointer, resume: Resume, stop: _StopSignals) -> Outcome:
     tc = config.train
     try:
         mesh = parallel.make_mesh(data=config.mesh.data, fsdp=config.mesh.fsdp, tensor=config.mesh.tensor)
@@ -142,10 +210,11 @@ def run(config: Config) -> list[dict[str, float]]:
     }
     train_step = build_step(config, bundle.pipeline, reward, tx, state, shardings, shapes, mesh)
     host_step = train_step if isinstance(train_step, HostScoredStep) else None
-    checkpointer = Checkpointer(out_dir / "checkpoints") if tc.checkpoint_every else None
-    if checkpointer is not None and checkpointer.latest_step() is not None:
-        state, _ = checkpointer.restore(state, shardings)
-        tqdm.write(f"{parallel.process_prefix()}resumed from step {int(state.step)} in {out_dir}/checkpoints")
+    if resume.step:
+        state, _ = checkpointer.restore(state, shardings, resume.step)
+        tqdm.write(
+            f"{parallel.process_prefix()}resumed from step {int(state.step)} in {checkpointer.directory}"
+        )
     writer = (
         open_metrics(
             out_dir,
@@ -157,16 +226,22 @@ def run(config: Config) -> list[dict[str, float]]:
         if primary
         else MetricsWriter([])
     )
+    steps_log = JsonLines(out_dir / HISTORY_FILE, int(state.step)) if primary else None
+    history = history_records(out_dir)
     before, eval_images = {}, {}
-    if evaluator is not None:
+    # A resumed run keeps the first evaluation's scores and baselines: its gaps and reports span the whole run.
+    kept = load_before(out_dir) if evaluator is not None and resume.step else None
+    if kept is not None:
+        before, evaluator.baselines = kept
+    elif evaluator is not None:
         before, eval_images = evaluator.evaluate(state.params, state.frozen)
         if primary:
             evaluator.grid(
                 eval_images, out_dir / "samples_before.png", f"before training (step {int(state.step)})"
             )
+            save_before(out_dir, before, evaluator.baselines)
     base_key = jax.random.PRNGKey(tc.seed)
-    history = []
-    stop = _PreemptionFlag()
+    saved_config = {FINGERPRINT: fingerprint(config), OVERRIDES: resume.overrides}
     started = time.perf_counter()
     bar = tqdm(
         range(int(state.step), tc.num_steps),
@@ -195,11 +270,18 @@ def run(config: Config) -> list[dict[str, float]]:
         last = step == tc.num_steps - 1
         if evaluator is not None:
             record.update(evaluator.score_rollout(np.asarray(images), batch, tc.group_size))
-            if (step + 1) % config.eval.every == 0 or last or stop.raised:
+            if (step + 1) % config.eval.every == 0 or last:
                 scores, eval_images = evaluator.evaluate(state.params, state.frozen)
                 record.update(scores)
         record["step_time_s"] = time.perf_counter() - start
+        if tc.keep_best_metric is not None and tc.keep_best_metric not in {**before, **record}:
+            raise ConfigError(
+                f"config.train.keep_best_metric: {tc.keep_best_metric!r} is not a metric of this run; choose one "
+                f"of {', '.join(sorted({**before, **record}))}"
+            )
         history.append(record)
+        if steps_log is not None:
+            steps_log.write(step, record)
         if step % tc.log_every == 0 or last:
             writer.write(step, record)
         postfix = {"reward": f"{record['reward_mean']:.4f}"}
@@ -207,8 +289,8 @@ def run(config: Config) -> list[dict[str, float]]:
             postfix["truth"] = f"{record['truth/strict']:.2f}"
         bar.set_postfix(postfix)
         final = last or stop.raised
-        if checkpointer is not None and save_due(step, tc.checkpoint_every, final):
-            checkpointer.save(state, {"step": step + 1})
+        if save_due(step, tc.checkpoint_every, final) or stop.raised:
+            checkpointer.save(state, {"step": step + 1, **saved_config}, record)
         if save_due(step, tc.export_every, final):
             export_policy(
                 out_dir / "policy" / f"step_{step + 1}",
@@ -222,12 +304,11 @@ def run(config: Config) -> list[dict[str, float]]:
             jax.profiler.stop_trace()
             tracing = False
         if stop.raised:
-            tqdm.write(
-                f"{parallel.process_prefix()}stopped by signal after step {step + 1}; rerun the same command to resume"
-            )
             break
-    if evaluator is not None and history and primary:
-        # The last step (or the step a signal stopped at) was evaluated: its images are the final state's.
+    # A run a signal stopped writes no report: it is not over, and its preemption grace period is short.
+    stopped = stop.raised and int(state.step) < tc.num_steps
+    if evaluator is not None and not stopped and primary:
+        # The last step was evaluated: its images are the final state's.
         sets = {eval_set.name for eval_set in evaluator.sets}
         after = {k: v for k, v in history[-1].items() if k.split("/")[0] in sets}
         evaluator.grid(
@@ -242,9 +323,16 @@ def run(config: Config) -> list[dict[str, float]]:
             f"{config.advantage.method}: reward {config.reward.name}",
             held_out=tuple(config.eval.rewards),
         )
-        write_summary(out_dir / "summary.md", config, history, before, after, time.perf_counter() - started)
+        write_summary(out_dir / SUMMARY_FILE, config, history, before, after, time.perf_counter() - started)
     writer.close()
-    return history
+    if stopped:
+        done = int(state.step)
+        return Outcome(
+            history,
+            stopped=f"stopped by {stop.raised} after step {done} of {tc.num_steps}; checkpoint {done} saved in "
+            f"{checkpointer.directory}; rerun the same command to resume",
+        )
+    return Outcome(history)
 
 
 def build_step(
@@ -299,19 +387,34 @@ def nonfinite_line(config: Config, record: dict[str, float], step: int, failures
     )
 
 
-class _PreemptionFlag:
-    """Turns SIGTERM (what a preempted TPU VM / Kubernetes pod receives) into a checked flag, so the loop
-    finishes the step in flight, saves and exits instead of dying mid-write."""
+class _StopSignals:
+    """Turns SIGTERM (what a preempted TPU VM / Kubernetes pod receives) and SIGINT (Ctrl-C) into a checked
+    flag, ``raised`` (the signal's name; "" while none came), so the loop finishes the step in flight, saves
+    and exits instead of dying mid-write and losing the steps since the last checkpoint. A second signal
+    ends the process at once, as it would have without this handler. The previous handlers come back on
+    exit."""
 
-    def __init__(self) -> None:
-        self.raised = False
-        signal.signal(signal.SIGTERM, self._set)
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def _set(self, *_: object) -> None:
-        self.raised = True
+    def __enter__(self) -> _StopSignals:
+        self.raised = ""
+        self.previous = {sig: signal.signal(sig, self._set) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _set(self, signum: int, _frame: object) -> None:
+        if self.raised:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.raised = signal.Signals(signum).name
+        tqdm.write(f"{self.raised}: stopping after this step and saving (send it again to stop now, unsaved)")
 
 
-def train_command(parsed: Parsed) -> str:
+def train_command(parsed: Parsed) -> str | Exit:
     """The train command's body: validated config -> (multi-host join) -> run -> summary line."""
     config = load_config(parsed.config)
     if parsed.flags["multihost"].value:
@@ -320,7 +423,12 @@ def train_command(parsed: Parsed) -> str:
             parsed.flags["num_processes"].value,
             parsed.flags["process_id"].value,
         )
-    history = run(config)
+    outcome = train(config)
+    if outcome.finished:
+        return outcome.finished
+    if outcome.stopped:
+        return Exit(outcome.stopped, EXIT_STOPPED)
+    history = outcome.history
     first, last = history[0]["reward_mean"], history[-1]["reward_mean"]
     return f"done: {len(history)} steps, mean reward {first:.4f} -> {last:.4f}; metrics in {config.train.output_dir}"
 

@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import platform
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -217,7 +218,12 @@ def export_policy(
     and the diffusers folder links the source's backbone beside ``pytorch_lora_weights.safetensors``: the
     base is ``model.checkpoint``'s. Returns the parameter hash. Gathers every written leaf to every host
     (``parallel.host_value``), so it suits models that fit one host's memory; on a multi-host run every
-    process calls it (the gather and Orbax's save are collective, and process 0 writes the files)."""
+    process calls it (the gather and Orbax's save are collective, and process 0 writes the files).
+
+    The folder is written beside as ``<folder>.partial`` and then swapped into place (:func:`swap_in`), so
+    an export cut short leaves the previous one of that folder whole and never a half-written one."""
+    folder = Path(folder)
+    partial = folder.with_name(folder.name + ".partial")
     # A LoRA policy of a diffusers-folder model is its adapters: the base is that folder's backbone, which
     # load_policy rebuilds (and the diffusers export links) instead of a copy of, say, FLUX.1-dev's 12B.
     adapters_only = (
@@ -233,7 +239,7 @@ def export_policy(
     if config.model.checkpoint is not None:
         if parallel.is_primary():  # one writer: hosts may share the run folder
             export_diffusers(
-                Path(folder) / DIFFUSERS_DIR,
+                partial / DIFFUSERS_DIR,
                 config.model.family,
                 config.model.checkpoint,
                 # Gathered; with link_backbone only the adapters are read, leaf by leaf.
@@ -253,8 +259,21 @@ def export_policy(
         "params_sha256": digest,
         **diffusers,
     }
-    save_checkpoint(folder, groups, metadata)
+    save_checkpoint(partial, groups, metadata)
+    if parallel.is_primary():
+        swap_in(partial, folder)
     return digest
+
+
+def swap_in(partial: Path, folder: Path) -> None:
+    """Puts the complete folder ``partial`` in the place of ``folder`` (which may not exist): two renames,
+    between which both the old (``<folder>.old``) and the new folder are whole."""
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    partial.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def software() -> dict[str, str]:
