@@ -19,7 +19,7 @@ import optax
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from slas_jax import grpo, parallel
+from slas_jax import grpo, parallel, placement
 from slas_jax.checkpoint import Checkpointer
 from slas_jax.cli import USER_ERRORS, Command, Parsed, define_multihost_flags, one_line
 from slas_jax.config import MIXED_REWARD, Config, ConfigError, describe_config, json_ready, load_config
@@ -100,16 +100,11 @@ def run(config: Config) -> list[dict[str, float]]:
         f"prompt source {config.data.name!r}",
         "data.name",
     )
-    frozen = {**bundle.frozen, "reward": reward.params}
-    tx = grpo.make_optimizer(config)
-    state = grpo.init_train_state(bundle.params, frozen, tx, config)
-    shardings = grpo.state_shardings(
-        state,
-        parallel.state_shardings(bundle.params, mesh),
-        jax.tree.map(lambda _: parallel.replicated(mesh), frozen),
-        mesh,
+    frozen, frozen_shardings = placement.place_frozen(
+        {**bundle.frozen, "reward": reward.params}, config.model.frozen_dtype, mesh
     )
-    state = jax.device_put(state, shardings)
+    tx = grpo.make_optimizer(config)
+    state, shardings = placement.init_state(bundle.params, frozen, tx, config, mesh, frozen_shardings)
 
     def prepare(texts: list[str]) -> dict[str, np.ndarray]:
         extra = reward.prepare(texts) if reward.prepare is not None else {}
