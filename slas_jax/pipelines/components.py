@@ -175,12 +175,20 @@ def load_component(folder: str | Path, name: str, *, dtype: Any, remat: bool = F
     )
 
 
+def abstract_component(folder: str | Path, name: str, *, dtype: Any, remat: bool = False) -> nnx.Module:
+    """Component ``name`` of a pipeline folder built by ``nnx.eval_shape`` from its ``config.json`` alone:
+    parameters are ShapeDtypeStructs, no weights are read and nothing is allocated (for planning)."""
+    if name not in COMPONENTS:
+        raise ConversionError(f"unknown component {name!r}; supported: {', '.join(COMPONENTS)}")
+    make = COMPONENTS[name].make
+    return nnx.eval_shape(lambda: make(Path(folder) / name, dtype=dtype, remat=remat))
+
+
 def load_components(
-    folder: str | Path, names: Sequence[str], *, dtype: Any, remat: bool = False
+    folder: str | Path, names: Sequence[str], *, dtype: Any, remat: bool = False, abstract: bool = False
 ) -> tuple[nnx.Module, ...]:
     """Components ``names`` of a diffusers or converted pipeline folder, in order. ``names[0]`` is the trained
     backbone, the one ``remat`` (recompute blocks in the backward pass) applies to: no gradient flows through
-    the frozen rest."""
-    return tuple(
-        load_component(folder, name, dtype=dtype, remat=remat and i == 0) for i, name in enumerate(names)
-    )
+    the frozen rest. ``abstract``: built from the config.json files only (:func:`abstract_component`)."""
+    load = abstract_component if abstract else load_component
+    return tuple(load(folder, name, dtype=dtype, remat=remat and i == 0) for i, name in enumerate(names))
