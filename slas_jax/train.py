@@ -56,13 +56,17 @@ def save_due(step: int, every: int, final: bool) -> bool:
     return every > 0 and (final or (step + 1) % every == 0)
 
 
-def load_models(config: Config, vocabulary: Sequence[str]) -> tuple[PipelineBundle, Reward]:
-    """The pipeline (``vocabulary``: the prompt source's words) and the training reward. Both are tried, so
-    that a run missing the weights of either names everything it lacks in one error."""
+def load_models(
+    config: Config, vocabulary: Sequence[str], mesh: Mesh | None = None
+) -> tuple[PipelineBundle, Reward]:
+    """The pipeline (``vocabulary``: the prompt source's words; a checkpoint's weights read straight onto
+    their shardings on ``mesh``) and the training reward. Both are tried, so that a run missing the weights
+    of either names everything it lacks in one error."""
     problems: list[BaseException] = []
     bundle = reward = None
+    place = None if mesh is None else (lambda abstract: placement.tree_shardings(abstract, mesh))
     try:
-        bundle = build_pipeline(config, vocabulary)
+        bundle = build_pipeline(config, vocabulary, place=place)
     except USER_ERRORS as e:
         problems.append(e)
     try:
@@ -90,7 +94,7 @@ def run(config: Config) -> list[dict[str, float]]:
     except ValueError as e:
         raise ConfigError(f"config.mesh: {e}") from e
     prompts = build_prompt_source(config.data)
-    bundle, reward = load_models(config, prompts.vocabulary)
+    bundle, reward = load_models(config, prompts.vocabulary, mesh)
     if tc.export_every and config.model.checkpoint:
         diffusers_source(config.model.checkpoint)  # the policy exports need it: refused now, not at step N
     check_reads(

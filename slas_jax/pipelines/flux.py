@@ -34,7 +34,7 @@ from slas_jax.pipelines.common import (
     random_text_encoder,
     to_unit_range,
 )
-from slas_jax.pipelines.components import load_components
+from slas_jax.pipelines.components import Place, load_components
 from slas_jax.samplers import SAMPLERS, FlowSchedule, Sampler, shifted_sigmas
 from slas_jax.samplers.flow import dynamic_shift_mu
 from slas_jax.tokenizers import load_hf_tokenizer
@@ -188,10 +188,13 @@ def random_flux_pipeline(config: Config, vocabulary: Sequence[str], max_length: 
     return _assemble(config, transformer, frozen, encode, None, tokenizer, None)
 
 
-def load_flux_pipeline(config: Config, *, abstract: bool = False) -> PipelineBundle:
+def load_flux_pipeline(
+    config: Config, *, abstract: bool = False, place: Place | None = None
+) -> PipelineBundle:
     """The pipeline of the diffusers FLUX folder ``config.model.checkpoint``; the batch's ``tokens`` are the
     CLIP ids followed by the T5 ids (77 + 512 columns). ``abstract``: its parameters are ShapeDtypeStructs
-    built from the config.json files alone and its tokenizers give zeros (planning)."""
+    built from the config.json files alone and its tokenizers give zeros (planning); ``place``: the
+    shardings its parameters are read onto (``components.load_component``)."""
     required = COMPONENT_CONFIGS if abstract else REQUIRED_FILES
     folder = check_checkpoint_folder(config.model.checkpoint, required, "FLUX", PUBLISHED)
     dtype = jnp.dtype(config.model.dtype)
@@ -204,6 +207,7 @@ def load_flux_pipeline(config: Config, *, abstract: bool = False) -> PipelineBun
         dtype=dtype,
         remat=config.model.remat,
         abstract=abstract,
+        place=place,
     )
     clip_length = clip_model.config.max_position_embeddings
     if abstract:
@@ -234,10 +238,15 @@ def load_flux_pipeline(config: Config, *, abstract: bool = False) -> PipelineBun
 
 
 def build_flux_pipeline(
-    config: Config, *, vocabulary: Sequence[str] = (), max_length: int = 16, abstract: bool = False
+    config: Config,
+    *,
+    vocabulary: Sequence[str] = (),
+    max_length: int = 16,
+    abstract: bool = False,
+    place: Place | None = None,
 ) -> PipelineBundle:
     """From ``config.model.checkpoint`` when set (``abstract``: see :func:`load_flux_pipeline`), else a random
     pixel-space model over ``vocabulary``."""
     if config.model.checkpoint:
-        return load_flux_pipeline(config, abstract=abstract)
+        return load_flux_pipeline(config, abstract=abstract, place=place)
     return random_flux_pipeline(config, vocabulary, max_length)

@@ -29,7 +29,7 @@ from slas_jax.pipelines.common import (
     random_text_encoder,
     to_unit_range,
 )
-from slas_jax.pipelines.components import load_components
+from slas_jax.pipelines.components import Place, load_components
 from slas_jax.samplers import (
     SAMPLERS,
     DiffusionSchedule,
@@ -152,16 +152,22 @@ def random_sd_pipeline(config: Config, vocabulary: Sequence[str], max_length: in
     return _assemble(config, unet_model, text_model, None, tokenizer, sampler)
 
 
-def load_sd_pipeline(config: Config, *, abstract: bool = False) -> PipelineBundle:
+def load_sd_pipeline(config: Config, *, abstract: bool = False, place: Place | None = None) -> PipelineBundle:
     """The pipeline of ``config.model.checkpoint``: a diffusers folder, or one converted from it by
     ``python -m slas_jax.convert`` (restored without parsing safetensors). ``abstract``: its parameters are
-    ShapeDtypeStructs built from the config.json files alone and its tokenizer gives zeros (planning)."""
+    ShapeDtypeStructs built from the config.json files alone and its tokenizer gives zeros (planning);
+    ``place``: the shardings its parameters are read onto (``components.load_component``)."""
     required = COMPONENT_CONFIGS if abstract else REQUIRED_FILES
     folder = check_checkpoint_folder(config.model.checkpoint, required, "Stable Diffusion", PUBLISHED)
     dtype = jnp.dtype(config.model.dtype)
     scheduler_config = json.loads((folder / "scheduler/scheduler_config.json").read_text())
     unet_model, text_model, vae_model = load_components(
-        folder, ("unet", "text_encoder", "vae"), dtype=dtype, remat=config.model.remat, abstract=abstract
+        folder,
+        ("unet", "text_encoder", "vae"),
+        dtype=dtype,
+        remat=config.model.remat,
+        abstract=abstract,
+        place=place,
     )
     length = text_model.config.max_position_embeddings
     tokenize = (
@@ -175,10 +181,15 @@ def load_sd_pipeline(config: Config, *, abstract: bool = False) -> PipelineBundl
 
 
 def build_sd_pipeline(
-    config: Config, *, vocabulary: Sequence[str] = (), max_length: int = 16, abstract: bool = False
+    config: Config,
+    *,
+    vocabulary: Sequence[str] = (),
+    max_length: int = 16,
+    abstract: bool = False,
+    place: Place | None = None,
 ) -> PipelineBundle:
     """From ``config.model.checkpoint`` when set (``abstract``: see :func:`load_sd_pipeline`), else a random
     pixel-space model over ``vocabulary``."""
     if config.model.checkpoint:
-        return load_sd_pipeline(config, abstract=abstract)
+        return load_sd_pipeline(config, abstract=abstract, place=place)
     return random_sd_pipeline(config, vocabulary, max_length)
