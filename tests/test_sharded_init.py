@@ -18,7 +18,7 @@ def tiny_text_model() -> clip.CLIPTextModel:
         vocab_size=16,
         hidden_size=32,
         intermediate_size=64,
-        num_hidden_layers=2,
+        num_hidden_layers=1,
         num_attention_heads=2,
         max_position_embeddings=8,
     )
@@ -87,7 +87,7 @@ def test_frozen_models_in_bfloat16_are_sharded_over_fsdp():
     assert placed["uncond_tokens"].dtype == jnp.int32 and placed["uncond_tokens"].sharding.spec == P()
     sharded = [x for x in floats if "fsdp" in jax.tree.leaves(tuple(x.sharding.spec))]
     # Every 2-D weight with an embed axis is split over the 8 fsdp devices: each holds 1/8 of it.
-    assert len(sharded) >= 2 * 4  # q, k, v, out projections of both layers at least
+    assert len(sharded) >= 4  # the q, k, v and out projections at least
     for x in sharded:
         assert x.addressable_shards[0].data.size * 8 == x.size
     np.testing.assert_array_equal(
