@@ -49,3 +49,24 @@ def test_flux_transformer_loads_onto_fsdp_shards_with_the_values_of_the_whole_lo
     assert asked and all(got == shard for got, shard in asked)
     split = [(got, x.shape) for x in state for got in [x.addressable_shards[0].data.shape] if got != x.shape]
     assert len(split) >= 4  # e.g. the stacked blocks' (layers, embed, heads) kernels, split on embed
+
+
+def test_a_converted_folder_restores_onto_fsdp_shards(tmp_path):
+    from test_sharded_init import tiny_text_model
+
+    from slas_jax.pipelines.components import restore_module, save_state
+
+    mesh = parallel.make_mesh(data=1, fsdp=8, devices=jax.devices()[:8])
+    module = tiny_text_model()
+    save_state(module, tmp_path / "state")
+    restored = restore_module(
+        tiny_text_model, tmp_path / "state", what="test", place=lambda s: placement.tree_shardings(s, mesh)
+    )
+    targets = jax.tree.leaves(placement.tree_shardings(nnx.state(module), mesh))
+    pairs = zip(
+        jax.tree.leaves(nnx.state(restored)), jax.tree.leaves(nnx.state(module)), targets, strict=True
+    )
+    for x, y, target in pairs:
+        assert x.sharding.is_equivalent_to(target, x.ndim)
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert any(x.addressable_shards[0].data.size * 8 == x.size for x in jax.tree.leaves(nnx.state(restored)))
