@@ -1,9 +1,9 @@
 """Where the train state's arrays live, and how they get there without a whole copy on one device.
 
 - Frozen models (text encoders, VAE, reward): stored in ``model.frozen_dtype`` (float32 or bfloat16) and
-  sharded over the mesh by the backbone's logical-axis rules (``embed`` over fsdp, ...) except convolution
-  channels (:data:`FROZEN_RULES`), instead of replicated on every chip. Leaves without logical axes (token
-  arrays, plugin rewards' plain dicts) stay replicated.
+  sharded over the mesh by the same logical-axis rules as the backbone (``embed`` over fsdp, ...), instead of
+  replicated on every chip. Leaves without logical axes (token arrays, plugin rewards' plain dicts) stay
+  replicated.
 - The train state: built by one jit whose ``out_shardings`` are the state's shardings, so Adam's moments and
   the KL reference copy are created on their shards (``tx.init`` outside a jit would build them whole on
   one device first).
@@ -52,26 +52,11 @@ def cast_floating(tree: Any, dtype: Any) -> Any:
     return jax.tree.map(cast, tree)
 
 
-FROZEN_RULES: parallel.Rules = tuple(
-    (name, None if name in ("conv_in", "conv_out") else axis) for name, axis in parallel.DEFAULT_RULES
-)
-"""The backbone's rules with convolution channels replicated: the compiler follows a conv kernel's channel
-sharding into its activations and then computes the whole batch on every chip (a FLUX VAE decoding 192
-720-px images on 32 chips: 190 GiB of temporaries per chip with fsdp-sharded kernels, 9.6 GiB with
-replicated ones, measured with ``python -m slas_jax.plan``'s compile); the frozen convolutional models are
-small (the VAE 84M parameters), their dense layers (T5-XXL, CLIP, ViT-H-14) are the ones worth sharding."""
-
-
-def frozen_shardings(frozen: Any, mesh: Mesh) -> Any:
-    """The shardings of the frozen tree: :func:`tree_shardings` under :data:`FROZEN_RULES`."""
-    return tree_shardings(frozen, mesh, FROZEN_RULES)
-
-
 def place_frozen(frozen: Any, dtype: str, mesh: Mesh) -> tuple[Any, Any]:
     """The frozen tree on ``mesh`` in ``dtype`` ("float32" | "bfloat16" for its floating leaves) and its
-    shardings (:func:`frozen_shardings`). Each leaf is moved onto its shards first, then cast there (a jit
+    shardings (:func:`tree_shardings`). Each leaf is moved onto its shards first, then cast there (a jit
     with the same shardings in and out, its input donated), so no chip holds a whole float32 copy."""
-    shardings = frozen_shardings(frozen, mesh)
+    shardings = tree_shardings(frozen, mesh)
     placed = jax.device_put(frozen, shardings)
     if jnp.dtype(dtype) == jnp.float32:
         return placed, shardings

@@ -126,7 +126,7 @@ def abstract_run(config: Config, mesh: Mesh, workdir: Path) -> AbstractRun:
     tx = grpo.make_optimizer(config)
     state = jax.eval_shape(lambda p, f: grpo.init_train_state(p, f, tx, config), bundle.params, frozen)
     shardings = grpo.state_shardings(
-        state, placement.tree_shardings(bundle.params, mesh), placement.frozen_shardings(frozen, mesh), mesh
+        state, placement.tree_shardings(bundle.params, mesh), placement.tree_shardings(frozen, mesh), mesh
     )
     texts = [""] * config.train.prompts_per_step
     host_batch = {
