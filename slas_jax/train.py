@@ -26,7 +26,7 @@ import optax
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from slas_jax import grpo, parallel
+from slas_jax import grpo, parallel, placement
 from slas_jax.checkpoint import Checkpointer, as_path
 from slas_jax.cli import (
     EXIT_STOPPED,
@@ -84,13 +84,21 @@ def save_due(step: int, every: int, final: bool) -> bool:
     return every > 0 and (final or (step + 1) % every == 0)
 
 
-def load_models(config: Config, vocabulary: Sequence[str]) -> tuple[PipelineBundle, Reward]:
-    """The pipeline (``vocabulary``: the prompt source's words) and the training reward. Both are tried, so
-    that a run missing the weights of either names everything it lacks in one error."""
+def load_models(
+    config: Config, vocabulary: Sequence[str], mesh: Mesh | None = None
+) -> tuple[PipelineBundle, Reward]:
+    """The pipeline (``vocabulary``: the prompt source's words; a checkpoint's weights read straight onto
+    their shardings on ``mesh``) and the training reward. Both are tried, so that a run missing the weights
+    of either names everything it lacks in one error."""
     problems: list[BaseException] = []
     bundle = reward = None
+    place = (
+        None
+        if mesh is None
+        else (lambda abstract: placement.tree_shardings(abstract, mesh, config.mesh.rules))
+    )
     try:
-        bundle = build_pipeline(config, vocabulary)
+        bundle = build_pipeline(config, vocabulary, place=place)
     except USER_ERRORS as e:
         problems.append(e)
     try:
@@ -159,7 +167,7 @@ def _train(config: Config, checkpointer: Checkpointer, resume: Resume, stop: _St
         raise ConfigError(f"config.mesh: {e}") from e
     primary = parallel.is_primary()  # one writer of the run folder, TensorBoard and W&B log, not one per host
     prompts = build_prompt_source(config.data)
-    bundle, reward = load_models(config, prompts.vocabulary)
+    bundle, reward = load_models(config, prompts.vocabulary, mesh)
     if tc.export_every and config.model.checkpoint:
         diffusers_source(config.model.checkpoint)  # the policy exports need it: refused now, not at step N
     check_reads(
@@ -169,18 +177,15 @@ def _train(config: Config, checkpointer: Checkpointer, resume: Resume, stop: _St
         f"prompt source {config.data.name!r}",
         "data.name",
     )
-    frozen = {**bundle.frozen, "reward": reward.params}
-    tx = grpo.make_optimizer(config)
-    state = grpo.init_train_state(bundle.params, frozen, tx, config)
-    shardings = grpo.state_shardings(
-        state,
-        parallel.state_shardings(bundle.params, mesh, config.mesh.rules),
-        jax.tree.map(lambda _: parallel.replicated(mesh), frozen),
-        mesh,
+    frozen, frozen_shardings = placement.place_frozen(
+        {**bundle.frozen, "reward": reward.params}, config.model.frozen_dtype, mesh, config.mesh.rules
     )
+    tx = grpo.make_optimizer(config)
     if primary and (report := parallel.replication_report(bundle.params, mesh, config.mesh.rules)):
         tqdm.write(report)
-    state = jax.device_put(state, shardings)
+    state, shardings = placement.init_state(
+        bundle.params, frozen, tx, config, mesh, frozen_shardings, config.mesh.rules
+    )
 
     def prepare(texts: list[str]) -> dict[str, np.ndarray]:
         extra = reward.prepare(texts) if reward.prepare is not None else {}

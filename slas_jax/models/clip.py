@@ -525,7 +525,9 @@ IGNORED: tuple[str, ...] = (r"position_ids$",)
 """Buffers older transformers versions saved (``embeddings.position_ids``); positions are recomputed."""
 
 
-def load_clip_text(folder: str | Path, *, dtype: Any = jnp.float32, remat: bool = False) -> CLIPTextModel:
+def load_clip_text(
+    folder: str | Path, *, dtype: Any = jnp.float32, remat: bool = False, place: Any = None
+) -> CLIPTextModel:
     """Builds a :class:`CLIPTextModel` from a transformers CLIPTextModel(WithProjection) folder, e.g. a
     Stable Diffusion ``text_encoder`` (config.json + safetensors)."""
     folder = Path(folder)
@@ -535,6 +537,7 @@ def load_clip_text(folder: str | Path, *, dtype: Any = jnp.float32, remat: bool 
         conversion.read_weights(folder, what="clip text encoder"),
         TEXT_CONVERSION_RULES,
         ignore=IGNORED,
+        place=place,
         source=f"clip text {folder}",
     )
 

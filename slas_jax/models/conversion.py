@@ -263,7 +263,8 @@ def read_config(folder: str | Path, name: str = "config.json") -> dict[str, Any]
     return config
 
 
-def _flat_paths(abstract_state: nnx.State) -> dict[str, jax.ShapeDtypeStruct]:
+def _flat_paths(abstract_state: nnx.State) -> dict[str, Any]:
+    """{dotted path: leaf} of a state (of arrays, ShapeDtypeStructs or Shardings)."""
     flat = {}
     for keys, leaf in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(abstract_state))[0]:
         flat[".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in keys)] = leaf
@@ -326,12 +327,18 @@ def convert_tensors(
     *,
     ignore: Iterable[str] = (),
     source: str = "checkpoint",
+    shardings: Any = None,
 ) -> nnx.State:
     """Converts reference tensors into an ``nnx.State`` shaped like ``abstract_state``.
 
     tensors: reference name -> array; rules: ordered, first match wins; ignore: regexes of reference names
     that are deliberately dropped (e.g. buffers such as ``position_ids``); source: named in errors.
-    Returns a state with float arrays cast to each parameter's dtype.
+    Returns a state with float arrays cast to each parameter's dtype. ``shardings`` (a tree like
+    ``abstract_state`` of jax Shardings; None: each array whole on the default device): each parameter is
+    built on its sharding by ``jax.make_array_from_callback``, every device's slice cut from the
+    (memory-mapped, :func:`read_safetensors`) reference tensors and converted alone, so the host never holds
+    more than one shard of a parameter at a time (a rule's ``transform`` function still sees its whole
+    tensor).
     """
     params = _flat_paths(abstract_state)
     ignore_res = [re.compile(p) for p in ignore]
@@ -375,17 +382,35 @@ def convert_tensors(
                 if path in filled:
                     raise ConversionError(f"{source}: {path} is filled twice (second time by {name})")
                 filled[path] = out
+    layers: dict[str, list[np.ndarray]] = {}
     for path, slots in stacked.items():
         depth = params[path].shape[0]
         missing = sorted(set(range(depth)) - set(slots))
         if missing:
             raise ConversionError(f"{source}: {path} is missing layers {missing} of {depth}")
-        filled[path] = np.stack([slots[i] for i in range(depth)])
-    missing = sorted(set(params) - set(filled))
+        layers[path] = [slots[i] for i in range(depth)]
+    missing = sorted(set(params) - set(filled) - set(layers))
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise ConversionError(f"{source}: parameter {missing[0]}{more} is not filled by any tensor")
-    return _unflatten_into(abstract_state, {p: a.astype(params[p].dtype) for p, a in filled.items()})
+
+    def part(path: str, index: tuple[slice, ...]) -> np.ndarray:
+        """The ``index`` slice of parameter ``path`` in its dtype, read from the reference tensors alone."""
+        dtype = params[path].dtype
+        if path in layers:
+            return np.stack([layer[index[1:]] for layer in layers[path][index[0]]]).astype(dtype)
+        return np.asarray(filled[path][index]).astype(dtype)
+
+    if shardings is None:
+        whole = {path: tuple(slice(None) for _ in spec.shape) for path, spec in params.items()}
+        return _unflatten_into(abstract_state, lambda path: jax.numpy.asarray(part(path, whole[path])))
+    flat_shardings = _flat_paths(shardings)
+
+    def placed(path: str) -> jax.Array:
+        shape = params[path].shape
+        return jax.make_array_from_callback(shape, flat_shardings[path], lambda index: part(path, index))
+
+    return _unflatten_into(abstract_state, placed)
 
 
 def reference_layout(array: np.ndarray, leaf: str) -> np.ndarray:
@@ -450,9 +475,11 @@ def export_tensors(
     return out
 
 
-def _unflatten_into(abstract_state: nnx.State, flat: Mapping[str, np.ndarray]) -> nnx.State:
+def _unflatten_into(abstract_state: nnx.State, value_of: Callable[[str], jax.Array]) -> nnx.State:
+    """``abstract_state`` with each leaf replaced by ``value_of(its dotted path)``."""
+
     def value_at(keys: tuple[Any, ...], _leaf: Any) -> jax.Array:
-        return jax.numpy.asarray(flat[".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in keys)])
+        return value_of(".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in keys))
 
     pure = jax.tree_util.tree_map_with_path(value_at, nnx.to_pure_dict(abstract_state))
     state = jax.tree.map(lambda x: x, abstract_state)
@@ -467,9 +494,12 @@ def load_module(
     *,
     ignore: Iterable[str] = (),
     source: str = "checkpoint",
+    place: Callable[[nnx.State], Any] | None = None,
 ) -> nnx.Module:
-    """Builds ``make()`` abstractly (no allocation), fills it from ``tensors`` and returns the module."""
+    """Builds ``make()`` abstractly (no allocation), fills it from ``tensors`` and returns the module.
+    ``place``: abstract state -> the shardings its parameters are built on (:func:`convert_tensors`)."""
     abstract = nnx.eval_shape(make)
     graphdef, abstract_state = nnx.split(abstract)
-    state = convert_tensors(tensors, rules, abstract_state, ignore=ignore, source=source)
+    shardings = None if place is None else place(abstract_state)
+    state = convert_tensors(tensors, rules, abstract_state, ignore=ignore, source=source, shardings=shardings)
     return nnx.merge(graphdef, state)

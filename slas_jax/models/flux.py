@@ -473,7 +473,7 @@ IGNORED: tuple[str, ...] = ()
 
 
 def load_flux_transformer(
-    folder: str | Path, *, dtype: Any = jnp.float32, remat: bool = False
+    folder: str | Path, *, dtype: Any = jnp.float32, remat: bool = False, place: Any = None
 ) -> FluxTransformer2DModel:
     """Builds a :class:`FluxTransformer2DModel` from a diffusers ``transformer`` folder (config.json +
     safetensors, sharded or not)."""
@@ -485,5 +485,6 @@ def load_flux_transformer(
         tensors,
         CONVERSION_RULES,
         ignore=IGNORED,
+        place=place,
         source=f"flux transformer {folder}",
     )

@@ -313,7 +313,9 @@ IGNORED: tuple[str, ...] = (r"^encoder\.embed_tokens\.weight$",)
 """``encoder.embed_tokens`` is tied to ``shared`` (same tensor); some checkpoints store both names."""
 
 
-def load_t5_encoder(folder: str | Path, *, dtype: Any = jnp.float32, remat: bool = False) -> T5EncoderModel:
+def load_t5_encoder(
+    folder: str | Path, *, dtype: Any = jnp.float32, remat: bool = False, place: Any = None
+) -> T5EncoderModel:
     """Builds a :class:`T5EncoderModel` from a transformers folder (config.json + safetensors), e.g. the
     ``text_encoder_2`` folder of a FLUX pipeline."""
     folder = Path(folder)
@@ -327,5 +329,6 @@ def load_t5_encoder(folder: str | Path, *, dtype: Any = jnp.float32, remat: bool
         tensors,
         CONVERSION_RULES,
         ignore=IGNORED,
+        place=place,
         source=f"t5 encoder {folder}",
     )

@@ -605,7 +605,9 @@ def _prediction_type_beside(folder: Path) -> dict[str, Any]:
     return {}
 
 
-def load_unet(folder: str | Path, *, dtype: Any = jnp.float32, remat: bool = False) -> UNet2DConditionModel:
+def load_unet(
+    folder: str | Path, *, dtype: Any = jnp.float32, remat: bool = False, place: Any = None
+) -> UNet2DConditionModel:
     """Builds a :class:`UNet2DConditionModel` from a diffusers ``unet`` folder (config.json + safetensors).
 
     ``prediction_type`` comes from the sibling ``scheduler/scheduler_config.json`` when there is one
@@ -621,5 +623,6 @@ def load_unet(folder: str | Path, *, dtype: Any = jnp.float32, remat: bool = Fal
         tensors,
         CONVERSION_RULES,
         ignore=IGNORED,
+        place=place,
         source=f"unet {folder}",
     )

@@ -364,7 +364,9 @@ IGNORED: tuple[str, ...] = ()
 """The diffusers VAE checkpoint has no buffers: every tensor must be consumed."""
 
 
-def load_vae(folder: str | Path, *, dtype: Any = jnp.float32, remat: bool = False) -> AutoencoderKL:
+def load_vae(
+    folder: str | Path, *, dtype: Any = jnp.float32, remat: bool = False, place: Any = None
+) -> AutoencoderKL:
     """Builds an :class:`AutoencoderKL` from a diffusers ``vae`` folder (config.json + safetensors)."""
     folder = Path(folder)
     config = VAEConfig.from_dict(conversion.read_config(folder), dtype=dtype, remat=remat)
@@ -373,5 +375,6 @@ def load_vae(folder: str | Path, *, dtype: Any = jnp.float32, remat: bool = Fals
         conversion.read_weights(folder, what="vae"),
         CONVERSION_RULES,
         ignore=IGNORED,
+        place=place,
         source=f"vae {folder}",
     )

@@ -7,7 +7,7 @@ one, a randomly initialised tiny model of the same classes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,15 +27,25 @@ class PipelineBundle:
     tokenize: Tokenize
 
 
-def build_pipeline(config: Config, vocabulary: Sequence[str] = ()) -> PipelineBundle:
+def build_pipeline(
+    config: Config,
+    vocabulary: Sequence[str] = (),
+    *,
+    abstract: bool = False,
+    place: Callable[[Any], Any] | None = None,
+) -> PipelineBundle:
     """The pipeline of ``config.model.family``; ``vocabulary`` (the prompt source's words) sizes the
-    word-level tokenizer of a randomly initialised model. Imported here: each family module imports this one."""
+    word-level tokenizer of a randomly initialised model. ``abstract`` (a checkpoint folder's model, for
+    planning): parameters as ShapeDtypeStructs from the config.json files alone, nothing read or allocated,
+    ``model.init_checkpoint`` ignored (it has the same shapes). ``place`` (abstract state -> shardings): a
+    checkpoint folder's models are read straight onto those shardings, shard by shard
+    (``slas_jax.pipelines.components.load_component``). Imported here: each family module imports this one."""
     if config.model.family == "unet":
         from slas_jax.pipelines.sd import build_sd_pipeline as build
     else:
         from slas_jax.pipelines.flux import build_flux_pipeline as build
-    bundle = build(config, vocabulary=vocabulary)
-    if config.model.init_checkpoint:
+    bundle = build(config, vocabulary=vocabulary, abstract=abstract, place=place)
+    if config.model.init_checkpoint and not abstract:
         from slas_jax.weights import restore_pretrained
 
         bundle = restore_pretrained(bundle, config.model.init_checkpoint)

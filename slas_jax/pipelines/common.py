@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from slas_jax.config import Config
@@ -38,6 +39,21 @@ def random_text_encoder(
     initialised CLIP text encoder of ``config.model.text_architecture``, drawn first from ``rngs``."""
     tokenizer = WordTokenizer(vocabulary, max_length)
     return tokenizer, clip.CLIPTextModel(text_encoder_config(config.model, tokenizer), rngs=rngs)
+
+
+CONFIG_FILES = ("model_index.json", "scheduler/scheduler_config.json")
+"""The files of a pipeline folder that an abstract build (``build_pipeline(..., abstract=True)``) reads besides
+each component's config.json."""
+
+
+def placeholder_tokenizer(max_length: int) -> Tokenize:
+    """Zeros (n, max_length) int32 for n prompts: a tokenizer's output shape without its files, for abstract
+    builds (planning), where only the shapes of the batch matter."""
+
+    def tokenize(prompts: Sequence[str]) -> np.ndarray:
+        return np.zeros((len(prompts), max_length), np.int32)
+
+    return tokenize
 
 
 def negative_tokens(tokenize: Tokenize, config: Config) -> jax.Array:

@@ -129,17 +129,30 @@ def _first_difference(stored: dict[str, Any], expected: dict[str, Any]) -> str:
     return f"{next(iter(set(stored) - set(expected)))} is stored but not in the model"
 
 
-def restore_module(make: Callable[[], nnx.Module], directory: str | Path, *, what: str) -> nnx.Module:
-    """``make()`` built abstractly, its state restored from the Orbax checkpoint in ``directory`` onto this
-    process's first device (train.run then places it on the mesh)."""
+Place = Callable[[nnx.State], Any]
+"""abstract state -> the tree of jax Shardings its arrays are loaded onto (``slas_jax.placement``)."""
+
+
+def restore_module(
+    make: Callable[[], nnx.Module], directory: str | Path, *, what: str, place: Place | None = None
+) -> nnx.Module:
+    """``make()`` built abstractly, its state restored from the Orbax checkpoint in ``directory`` onto the
+    shardings ``place`` gives (each device reads its own slices), or without one onto this process's first
+    device."""
     directory = Path(directory).absolute()
     if not directory.is_dir():
         raise ConversionError(
             f"{what}: {directory} is missing; re-run python -m slas_jax.convert on the diffusers folder"
         )
     graphdef, abstract = nnx.split(nnx.eval_shape(make))
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
+    if place is None:
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        shardings = jax.tree.map(lambda _: device, abstract)
+    else:
+        shardings = place(abstract)
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings
+    )
     checkpointer = ocp.StandardCheckpointer()
     try:
         # Compared before restoring: Orbax reports a mismatch as a long message after a burst of async errors.
@@ -156,14 +169,18 @@ def restore_module(make: Callable[[], nnx.Module], directory: str | Path, *, wha
     return nnx.merge(graphdef, state)
 
 
-def load_component(folder: str | Path, name: str, *, dtype: Any, remat: bool = False) -> nnx.Module:
-    """Component ``name`` of the diffusers or converted pipeline folder ``folder``."""
+def load_component(
+    folder: str | Path, name: str, *, dtype: Any, remat: bool = False, place: Place | None = None
+) -> nnx.Module:
+    """Component ``name`` of the diffusers or converted pipeline folder ``folder``, its parameters on the
+    shardings ``place`` gives (read shard by shard: ``conversion.convert_tensors``, :func:`restore_module`)
+    or, without one, whole on the default device."""
     if name not in COMPONENTS:
         raise ConversionError(f"unknown component {name!r}; supported: {', '.join(COMPONENTS)}")
     folder = Path(folder)
     kind = COMPONENTS[name]
     if not is_converted(folder):
-        return kind.load(folder / name, dtype=dtype, remat=remat)
+        return kind.load(folder / name, dtype=dtype, remat=remat, place=place)
     if name not in read_marker(folder).get("components", ()):
         raise ConversionError(
             f"converted folder {folder} has no {name}; re-run python -m slas_jax.convert on the diffusers folder"
@@ -172,15 +189,36 @@ def load_component(folder: str | Path, name: str, *, dtype: Any, remat: bool = F
         lambda: kind.make(folder / name, dtype=dtype, remat=remat),
         folder / name / STATE_DIR,
         what=f"{name} of converted folder {folder}",
+        place=place,
     )
 
 
+def abstract_component(
+    folder: str | Path, name: str, *, dtype: Any, remat: bool = False, place: Place | None = None
+) -> nnx.Module:
+    """Component ``name`` of a pipeline folder built by ``nnx.eval_shape`` from its ``config.json`` alone:
+    parameters are ShapeDtypeStructs, no weights are read and nothing is allocated (for planning; ``place``
+    is not needed)."""
+    if name not in COMPONENTS:
+        raise ConversionError(f"unknown component {name!r}; supported: {', '.join(COMPONENTS)}")
+    make = COMPONENTS[name].make
+    return nnx.eval_shape(lambda: make(Path(folder) / name, dtype=dtype, remat=remat))
+
+
 def load_components(
-    folder: str | Path, names: Sequence[str], *, dtype: Any, remat: bool = False
+    folder: str | Path,
+    names: Sequence[str],
+    *,
+    dtype: Any,
+    remat: bool = False,
+    abstract: bool = False,
+    place: Place | None = None,
 ) -> tuple[nnx.Module, ...]:
     """Components ``names`` of a diffusers or converted pipeline folder, in order. ``names[0]`` is the trained
     backbone, the one ``remat`` (recompute blocks in the backward pass) applies to: no gradient flows through
-    the frozen rest."""
+    the frozen rest. ``abstract``: built from the config.json files only (:func:`abstract_component`);
+    ``place``: see :func:`load_component`."""
+    load = abstract_component if abstract else load_component
     return tuple(
-        load_component(folder, name, dtype=dtype, remat=remat and i == 0) for i, name in enumerate(names)
+        load(folder, name, dtype=dtype, remat=remat and i == 0, place=place) for i, name in enumerate(names)
     )

@@ -28,12 +28,14 @@ from slas_jax.models import conversion, flux, vae
 from slas_jax.pipelines import PipelineBundle
 from slas_jax.pipelines.architectures import flux_config
 from slas_jax.pipelines.common import (
+    CONFIG_FILES,
     check_checkpoint_folder,
     negative_tokens,
+    placeholder_tokenizer,
     random_text_encoder,
     to_unit_range,
 )
-from slas_jax.pipelines.components import load_components
+from slas_jax.pipelines.components import Place, load_components
 from slas_jax.samplers import SAMPLERS, FlowSchedule, Sampler, shifted_sigmas
 from slas_jax.samplers.flow import dynamic_shift_mu
 from slas_jax.tokenizers import load_hf_tokenizer
@@ -49,6 +51,14 @@ REQUIRED_FILES = (
     "tokenizer_2/tokenizer_config.json",
     "scheduler/scheduler_config.json",
 )
+COMPONENT_CONFIGS = (
+    *CONFIG_FILES,
+    "transformer/config.json",
+    "text_encoder/config.json",
+    "text_encoder_2/config.json",
+    "vae/config.json",
+)
+"""What an abstract build reads (shapes only)."""
 PUBLISHED = (
     "e.g. black-forest-labs/FLUX.1-dev on the Hugging Face Hub (gated: accept its licence there, then download "
     "it on a machine with access)"
@@ -180,10 +190,15 @@ def random_flux_pipeline(config: Config, vocabulary: Sequence[str], max_length: 
     return _assemble(config, transformer, frozen, encode, None, tokenizer, None)
 
 
-def load_flux_pipeline(config: Config) -> PipelineBundle:
+def load_flux_pipeline(
+    config: Config, *, abstract: bool = False, place: Place | None = None
+) -> PipelineBundle:
     """The pipeline of the diffusers FLUX folder ``config.model.checkpoint``; the batch's ``tokens`` are the
-    CLIP ids followed by the T5 ids (77 + 512 columns)."""
-    folder = check_checkpoint_folder(config.model.checkpoint, REQUIRED_FILES, "FLUX", PUBLISHED)
+    CLIP ids followed by the T5 ids (77 + 512 columns). ``abstract``: its parameters are ShapeDtypeStructs
+    built from the config.json files alone and its tokenizers give zeros (planning); ``place``: the
+    shardings its parameters are read onto (``components.load_component``)."""
+    required = COMPONENT_CONFIGS if abstract else REQUIRED_FILES
+    folder = check_checkpoint_folder(config.model.checkpoint, required, "FLUX", PUBLISHED)
     dtype = jnp.dtype(config.model.dtype)
     scheduler_config = json.loads((folder / "scheduler/scheduler_config.json").read_text())
     # Checked before the weights load (FLUX.1-dev's are tens of GB); _assemble uses the loaded VAE's config.
@@ -193,10 +208,15 @@ def load_flux_pipeline(config: Config) -> PipelineBundle:
         ("transformer", "text_encoder", "text_encoder_2", "vae"),
         dtype=dtype,
         remat=config.model.remat,
+        abstract=abstract,
+        place=place,
     )
     clip_length = clip_model.config.max_position_embeddings
-    clip_tokenize = load_hf_tokenizer(folder / "tokenizer", kind="clip", max_length=clip_length)
-    t5_tokenize = load_hf_tokenizer(folder / "tokenizer_2", kind="t5", max_length=T5_MAX_LENGTH)
+    if abstract:
+        clip_tokenize, t5_tokenize = placeholder_tokenizer(clip_length), placeholder_tokenizer(T5_MAX_LENGTH)
+    else:
+        clip_tokenize = load_hf_tokenizer(folder / "tokenizer", kind="clip", max_length=clip_length)
+        t5_tokenize = load_hf_tokenizer(folder / "tokenizer_2", kind="t5", max_length=T5_MAX_LENGTH)
 
     def tokenize(prompts: Sequence[str]) -> np.ndarray:
         return np.concatenate([clip_tokenize(prompts), t5_tokenize(prompts)], axis=1)
@@ -220,9 +240,15 @@ def load_flux_pipeline(config: Config) -> PipelineBundle:
 
 
 def build_flux_pipeline(
-    config: Config, *, vocabulary: Sequence[str] = (), max_length: int = 16
+    config: Config,
+    *,
+    vocabulary: Sequence[str] = (),
+    max_length: int = 16,
+    abstract: bool = False,
+    place: Place | None = None,
 ) -> PipelineBundle:
-    """From ``config.model.checkpoint`` when set, else a random pixel-space model over ``vocabulary``."""
+    """From ``config.model.checkpoint`` when set (``abstract``: see :func:`load_flux_pipeline`), else a random
+    pixel-space model over ``vocabulary``."""
     if config.model.checkpoint:
-        return load_flux_pipeline(config)
+        return load_flux_pipeline(config, abstract=abstract, place=place)
     return random_flux_pipeline(config, vocabulary, max_length)

@@ -23,12 +23,14 @@ from slas_jax.models.conversion import ConversionError
 from slas_jax.pipelines import PipelineBundle
 from slas_jax.pipelines.architectures import unet_config
 from slas_jax.pipelines.common import (
+    CONFIG_FILES,
     check_checkpoint_folder,
     negative_tokens,
+    placeholder_tokenizer,
     random_text_encoder,
     to_unit_range,
 )
-from slas_jax.pipelines.components import load_components
+from slas_jax.pipelines.components import Place, load_components
 from slas_jax.samplers import (
     SAMPLERS,
     DiffusionSchedule,
@@ -47,6 +49,8 @@ REQUIRED_FILES = (
     "tokenizer/tokenizer_config.json",
     "scheduler/scheduler_config.json",
 )
+COMPONENT_CONFIGS = (*CONFIG_FILES, "unet/config.json", "text_encoder/config.json", "vae/config.json")
+"""What an abstract build reads (shapes only)."""
 PUBLISHED = (
     "e.g. CompVis/stable-diffusion-v1-4 on the Hugging Face Hub (download it on a machine with access)"
 )
@@ -150,17 +154,28 @@ def random_sd_pipeline(config: Config, vocabulary: Sequence[str], max_length: in
     return _assemble(config, unet_model, text_model, None, tokenizer, sampler)
 
 
-def load_sd_pipeline(config: Config) -> PipelineBundle:
+def load_sd_pipeline(config: Config, *, abstract: bool = False, place: Place | None = None) -> PipelineBundle:
     """The pipeline of ``config.model.checkpoint``: a diffusers folder, or one converted from it by
-    ``python -m slas_jax.convert`` (restored without parsing safetensors)."""
-    folder = check_checkpoint_folder(config.model.checkpoint, REQUIRED_FILES, "Stable Diffusion", PUBLISHED)
+    ``python -m slas_jax.convert`` (restored without parsing safetensors). ``abstract``: its parameters are
+    ShapeDtypeStructs built from the config.json files alone and its tokenizer gives zeros (planning);
+    ``place``: the shardings its parameters are read onto (``components.load_component``)."""
+    required = COMPONENT_CONFIGS if abstract else REQUIRED_FILES
+    folder = check_checkpoint_folder(config.model.checkpoint, required, "Stable Diffusion", PUBLISHED)
     dtype = jnp.dtype(config.model.dtype)
     scheduler_config = json.loads((folder / "scheduler/scheduler_config.json").read_text())
     unet_model, text_model, vae_model = load_components(
-        folder, ("unet", "text_encoder", "vae"), dtype=dtype, remat=config.model.remat
+        folder,
+        ("unet", "text_encoder", "vae"),
+        dtype=dtype,
+        remat=config.model.remat,
+        abstract=abstract,
+        place=place,
     )
-    tokenize = load_hf_tokenizer(
-        folder / "tokenizer", kind="clip", max_length=text_model.config.max_position_embeddings
+    length = text_model.config.max_position_embeddings
+    tokenize = (
+        placeholder_tokenizer(length)
+        if abstract
+        else load_hf_tokenizer(folder / "tokenizer", kind="clip", max_length=length)
     )
     return _assemble(
         config, unet_model, text_model, vae_model, tokenize, scheduler_sampler(scheduler_config, config)
@@ -168,9 +183,15 @@ def load_sd_pipeline(config: Config) -> PipelineBundle:
 
 
 def build_sd_pipeline(
-    config: Config, *, vocabulary: Sequence[str] = (), max_length: int = 16
+    config: Config,
+    *,
+    vocabulary: Sequence[str] = (),
+    max_length: int = 16,
+    abstract: bool = False,
+    place: Place | None = None,
 ) -> PipelineBundle:
-    """From ``config.model.checkpoint`` when set, else a random pixel-space model over ``vocabulary``."""
+    """From ``config.model.checkpoint`` when set (``abstract``: see :func:`load_sd_pipeline`), else a random
+    pixel-space model over ``vocabulary``."""
     if config.model.checkpoint:
-        return load_sd_pipeline(config)
+        return load_sd_pipeline(config, abstract=abstract, place=place)
     return random_sd_pipeline(config, vocabulary, max_length)

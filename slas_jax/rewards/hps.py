@@ -35,6 +35,7 @@ from flax import nnx
 
 from slas_jax.config import ConfigError
 from slas_jax.models import conversion
+from slas_jax.models.clip import CLIPModel
 from slas_jax.models.conversion import ConversionError
 from slas_jax.models.open_clip import make_clip_model
 from slas_jax.models.open_clip_tokenizer import OpenCLIPTokenizer
@@ -42,6 +43,7 @@ from slas_jax.pipelines.components import FORMAT_VERSION, MARKER, STATE_DIR, res
 from slas_jax.rewards.clip_score import TOKENS_KEY
 from slas_jax.rewards.jpeg import dance_grpo_jpeg
 from slas_jax.rewards.registry import Reward, register
+from slas_jax.tokenizers import Tokenize
 
 CONFIG_FILE = "open_clip_config.json"
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
@@ -176,8 +178,14 @@ def hps_reward(
         folder / STATE_DIR,
         what=f"HPS-v2.1 folder {folder}",
     )
-    processing = HPSImageProcessing(size=model.vision_config.image_size)
     tokenize = OpenCLIPTokenizer.from_folder(folder, model.text_config.max_position_embeddings)
+    return hps_scorer(model, tokenize, jpeg_quality)
+
+
+def hps_scorer(model: CLIPModel, tokenize: Tokenize, jpeg_quality: int | None = None) -> Reward:
+    """The HPS-v2.1 Reward of an open_clip ``model`` (concrete, or abstract from ``nnx.eval_shape`` for
+    planning) and its ``tokenize`` (prompts -> (n, 77) int32); ``jpeg_quality`` as in :func:`hps_reward`."""
+    processing = HPSImageProcessing(size=model.vision_config.image_size)
     graphdef, params = nnx.split(model)
 
     def fn(params: nnx.State, images: jax.Array, batch: Mapping[str, jax.Array]) -> jax.Array:
