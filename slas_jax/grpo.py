@@ -628,24 +628,30 @@ def make_generate(pipeline: Pipeline, config: Config) -> Callable[..., jax.Array
     return jax.jit(generate, static_argnames="samples_per_prompt")
 
 
-def jit_train_step(
+def jit_global_train_step(
     step_fn: Callable, state: TrainState, shardings: TrainState, batch: Batch, mesh: Mesh
-) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
-    """Compiles ``step_fn`` with explicit shardings (state as given, batch over data x fsdp, key and metrics
-    replicated) and donates the state. ``batch``: the global batch or arrays of its shapes (leading axis P).
-
-    The returned step takes the batch as host arrays, each process's the rows of the global batch it holds
-    (``parallel.process_rows``) or the whole batch, and joins them into global arrays
-    (``parallel.global_batch``) before the compiled function runs."""
+) -> Any:
+    """``step_fn`` under jit with explicit shardings (state as given, batch over data x fsdp, key and metrics
+    replicated) and the state donated, taking the batch as global arrays; ``batch``: the global batch or
+    arrays of its shapes (leading axis P). What :func:`jit_train_step` runs, and what ``slas_jax.plan``
+    lowers from abstract arguments."""
     batch_shardings = {name: parallel.batch_sharding(mesh, jnp.shape(v)) for name, v in batch.items()}
     repl = parallel.replicated(mesh)
-    jitted = jax.jit(
+    return jax.jit(
         step_fn,
         in_shardings=(shardings, batch_shardings, repl),
         out_shardings=(shardings, repl),
         donate_argnums=0,
     )
-    return _taking_host_batch(jitted, mesh, batch)
+
+
+def jit_train_step(
+    step_fn: Callable, state: TrainState, shardings: TrainState, batch: Batch, mesh: Mesh
+) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
+    """The step of :func:`jit_global_train_step` taking the batch as host arrays, each process's the rows of
+    the global batch it holds (``parallel.process_rows``) or the whole batch, joined into global arrays
+    (``parallel.global_batch``) before the compiled function runs."""
+    return _taking_host_batch(jit_global_train_step(step_fn, state, shardings, batch, mesh), mesh, batch)
 
 
 def _taking_host_batch(jitted: Callable, mesh: Mesh, example: Batch) -> Callable:

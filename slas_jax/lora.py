@@ -128,4 +128,5 @@ def adapted_layers(params: nnx.State) -> dict[str, tuple[Any, Any]]:
 
 def has_adapters(params: nnx.State) -> bool:
     """Whether a backbone state holds LoRA adapters."""
-    return bool(jax.tree.leaves(split(params)[0]))
+    # Plain trees (e.g. a dict of arrays handed to export_policy) hold no adapters and cannot be split.
+    return isinstance(params, nnx.State) and bool(jax.tree.leaves(split(params)[0]))

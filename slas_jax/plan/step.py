@@ -166,7 +166,7 @@ class CompiledSizes:
 def compile_step(run: AbstractRun, mesh: Mesh) -> CompiledSizes:
     """The step of ``run`` compiled ahead of time from its abstract arguments (as train.py jits it: state
     donated, batch over data x fsdp), and XLA's per-device sizes of it."""
-    jitted = grpo.jit_train_step(run.step, run.state, run.shardings, run.batch, mesh)
+    jitted = grpo.jit_global_train_step(run.step, run.state, run.shardings, run.batch, mesh)
     key = jax.ShapeDtypeStruct((2,), jnp.uint32)
     analysis = jitted.lower(run.state, run.batch, key).compile().memory_analysis()
     return CompiledSizes(
