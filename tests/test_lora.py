@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
+from tiny_models import PIXEL_FLUX
 
 from slas_jax import grpo, lora, parallel
 from slas_jax.config import ConfigError, load_config
@@ -30,20 +31,7 @@ def flux_values(**lora_section) -> dict:
     return {
         "model": {
             "family": "flux",
-            "resolution": 8,
-            "architecture": {
-                "num_layers": 1,
-                "num_single_layers": 1,
-                "attention_head_dim": 8,
-                "num_attention_heads": 2,
-                "axes_dims_rope": (2, 2, 4),
-            },
-            "text_architecture": {
-                "hidden_size": 16,
-                "intermediate_size": 32,
-                "num_hidden_layers": 1,
-                "num_attention_heads": 2,
-            },
+            **PIXEL_FLUX,
             "lora": lora_section,
         },
         "sampler": {"name": "flow_sde", "schedule": "shift", "shift": 3.0, "num_steps": 3},

@@ -144,17 +144,26 @@ def test_a_changed_config_is_refused_in_one_line(uninterrupted, env):
 
 
 def test_sigterm_and_sigint_finish_the_step_save_and_exit_75(tmp_path, env):
+    # Far more steps than the signal needs: a step of this run can take less than the test's polling interval,
+    # and a signal landing in the last step would end the run as a finished one (exit 0).
+    steps = 50
     stopped_at = []
     for sig in (signal.SIGTERM, signal.SIGINT):
-        process = start(tmp_path, env, "--config.train.checkpoint_every=0", variant="no_eval")
+        process = start(
+            tmp_path,
+            env,
+            "--config.train.checkpoint_every=0",
+            f"--config.train.num_steps={steps}",
+            variant="no_eval",
+        )
         wait_for_step(tmp_path, stopped_at[-1] if stopped_at else 0, process)
         process.send_signal(sig)
         stdout, stderr = process.communicate(timeout=600)
-        assert process.returncode == EXIT_STOPPED, stderr[-3000:]
+        assert process.returncode == EXIT_STOPPED, (stdout[-2000:], stderr[-2000:])
         assert "Traceback" not in stderr
         step = read_metrics(tmp_path / "metrics.jsonl")[-1]["step"] + 1
         assert stdout.strip().splitlines()[-1] == (
-            f"stopped by {sig.name} after step {step} of {STEPS}; checkpoint {step} saved in "
+            f"stopped by {sig.name} after step {step} of {steps}; checkpoint {step} saved in "
             f"{tmp_path / 'checkpoints'}; rerun the same command to resume"
         )
         assert (tmp_path / "checkpoints" / str(step) / MANIFEST).is_file()

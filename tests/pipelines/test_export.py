@@ -18,6 +18,7 @@ from diffusers.pipelines.flux.pipeline_flux import FluxPipeline
 from engine_harness import flat
 from flax import nnx
 from tiny_checkpoints import save_tiny_flux, save_tiny_sd
+from tiny_models import flux_transformer_inputs
 
 from slas_jax.config import load_config
 from slas_jax.convert import convert_pipeline
@@ -114,18 +115,7 @@ def test_flux_policy_loads_in_diffusers_and_predicts_as_ours(tmp_path):
     pipe = FluxPipeline.from_pretrained(exported)
     config = flux.FluxConfig.from_dict(json.loads((exported / "transformer" / "config.json").read_text()))
     ours = nnx.merge(nnx.graphdef(flux.FluxTransformer2DModel(config, rngs=nnx.Rngs(0))), policy)
-    rng = np.random.default_rng(1)
-    inputs = dict(
-        hidden_states=np.array(
-            flux.pack_latents(jnp.asarray(rng.standard_normal((2, 4, 4, 16), np.float32)))
-        ),
-        encoder_hidden_states=rng.standard_normal((2, 5, config.joint_attention_dim), dtype=np.float32),
-        pooled_projections=rng.standard_normal((2, config.pooled_projection_dim), dtype=np.float32),
-        timestep=np.array([0.9, 0.35], np.float32),
-        img_ids=np.array(flux.image_ids(2, 2)),
-        txt_ids=np.array(flux.text_ids(5)),
-        guidance=np.array([3.5, 3.5], np.float32),
-    )
+    inputs = flux_transformer_inputs(config)
     got = np.asarray(nnx.jit(lambda m, kw: m(**kw))(ours, inputs))
     for what, reference in (
         ("FluxTransformer2DModel", model),

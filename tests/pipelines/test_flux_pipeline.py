@@ -16,6 +16,7 @@ import torch
 from cli_runner import one_line_error, run_module
 from diffusers.pipelines.flux.pipeline_flux import FluxPipeline, calculate_shift, retrieve_timesteps
 from tiny_checkpoints import save_tiny_flux
+from tiny_models import PIXEL_FLUX
 
 from slas_jax import grpo
 from slas_jax.config import ConfigError, DataConfig, load_config
@@ -400,22 +401,7 @@ def test_random_pixel_space_pipeline_first_update_has_ratio_one():
     """The CPU testbeds' FLUX: random transformer on 2x2 pixel patches + one tiny CLIP text encoder."""
     values = flux_config(
         None,
-        model={
-            "resolution": 8,
-            "architecture": {
-                "num_layers": 1,
-                "num_single_layers": 1,
-                "attention_head_dim": 8,
-                "num_attention_heads": 2,
-                "axes_dims_rope": (2, 2, 4),
-            },
-            "text_architecture": {
-                "hidden_size": 16,
-                "intermediate_size": 32,
-                "num_hidden_layers": 1,
-                "num_attention_heads": 2,
-            },
-        },
+        model=PIXEL_FLUX,
         sampler={"schedule": "shift", "shift": 3.0, "num_steps": 3},
         loss={"timestep_fraction": 0.5},
     )

@@ -7,7 +7,6 @@ predicts."""
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -16,6 +15,7 @@ from engine_harness import flat
 from flax import nnx
 from safetensors import safe_open
 from tiny_checkpoints import save_tiny_flux
+from tiny_models import flux_transformer_inputs
 
 from slas_jax import lora
 from slas_jax.config import load_config
@@ -68,24 +68,9 @@ def exported(tmp_path_factory):
     transformer = flux.FluxConfig.from_dict(json.loads((source / "transformer" / "config.json").read_text()))
     module = flux.FluxTransformer2DModel(transformer, rngs=nnx.Rngs(0))
     lora.attach(module, config.model.lora)
-    inputs = transformer_inputs(transformer)
+    inputs = flux_transformer_inputs(transformer)
     velocity = np.asarray(nnx.jit(lambda m, kw: m(**kw))(nnx.merge(nnx.graphdef(module), policy), inputs))
     return values, policy, folder, inputs, velocity
-
-
-def transformer_inputs(config: flux.FluxConfig) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(1)
-    return dict(
-        hidden_states=np.array(
-            flux.pack_latents(jnp.asarray(rng.standard_normal((2, 4, 4, 16), np.float32)))
-        ),
-        encoder_hidden_states=rng.standard_normal((2, 5, config.joint_attention_dim), dtype=np.float32),
-        pooled_projections=rng.standard_normal((2, config.pooled_projection_dim), dtype=np.float32),
-        timestep=np.array([0.9, 0.35], np.float32),
-        img_ids=np.array(flux.image_ids(2, 2)),
-        txt_ids=np.array(flux.text_ids(5)),
-        guidance=np.array([3.5, 3.5], np.float32),
-    )
 
 
 def diffusers_velocity(transformer: torch.nn.Module, inputs: dict) -> np.ndarray:
