@@ -5,6 +5,7 @@ base; loaded by diffusers' ``FluxPipeline.load_lora_weights`` the adapters predi
 predicts."""
 
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -17,11 +18,12 @@ from safetensors import safe_open
 from tiny_checkpoints import save_tiny_flux
 from tiny_models import flux_transformer_inputs
 
-from slas_jax import lora
+from slas_jax import grpo, lora
 from slas_jax.config import load_config
 from slas_jax.models import flux
 from slas_jax.pipelines import build_pipeline
 from slas_jax.pipelines.export import LORA_METADATA_KEY, LORA_WEIGHTS
+from slas_jax.train import run
 from slas_jax.weights import DIFFUSERS_DIR, export_policy, load_policy, stored_parts
 
 PARITY = 1e-4  # max |error| < 1e-4 x max(1, max |reference|), as the pipeline parity tests
@@ -121,3 +123,66 @@ def test_flux_pipeline_load_lora_weights_predicts_as_ours(exported):
     adapted = diffusers_velocity(pipe.transformer, inputs)
     assert np.abs(adapted - base).max() > 1e-2, "the adapters must change the prediction"
     assert_close("FluxPipeline.load_lora_weights transformer", ours, adapted)
+
+
+def test_a_lora_run_on_the_folder_trains_only_adapters_and_diffusers_loads_its_export(
+    exported, tmp_path, monkeypatch
+):
+    """The acceptance run: train.run with LoRA on the tiny FLUX folder (brightness, two steps, an export at the
+    end). Its optimizer state holds the adapters' Adam moments alone, the adapters move, and the exported
+    adapter file loaded by diffusers predicts as the trained policy."""
+    pytest.importorskip("peft", reason="diffusers' LoRA loading needs peft (in the test extra)")
+    values, _, _, inputs, _ = exported
+    trained = {}
+    compile_step = grpo.jit_train_step
+
+    def recording_jit_train_step(*args, **kwargs):
+        step = compile_step(*args, **kwargs)
+
+        def recorded(state, batch, key):
+            trained["state"], metrics = step(state, batch, key)
+            return trained["state"], metrics
+
+        return recorded
+
+    monkeypatch.setattr(grpo, "jit_train_step", recording_jit_train_step)
+    run_values = {
+        **values,
+        "sampler": {"name": "flow_sde", "num_steps": 3, "schedule": "shift", "shift": 3.0},
+        "loss": {"timestep_fraction": 0.5},
+        "optim": {"learning_rate": 1e-2},
+        "train": {
+            "num_steps": 2,
+            "prompts_per_step": 2,
+            "group_size": 2,
+            "micro_batch_size": 2,
+            "export_every": 2,
+            "output_dir": str(tmp_path),
+        },
+        "reward": {"name": "brightness"},
+        "data": {"name": "brightness"},
+    }
+    history = run(load_config(run_values))
+    assert len(history) == 2 and all(np.isfinite(r["policy_loss"]) for r in history)
+    state = trained["state"]
+    adapters, _ = lora.split(state.params)
+    adapter_shapes = {x.shape for x in jax.tree.leaves(adapters)}
+    moments = [x for x in jax.tree.leaves(state.opt_state) if x.ndim]
+    assert moments and {x.shape for x in moments} <= adapter_shapes
+    assert sum(x.size for x in moments) == 2 * sum(x.size for x in jax.tree.leaves(adapters))  # Adam's mu, nu
+    assert max(float(np.abs(b).max()) for b in jax.tree.leaves(adapters) if b.shape[-2] == RANK) > 0
+    export = tmp_path / "policy" / "step_2" / DIFFUSERS_DIR
+    pipe = FluxPipeline.from_pretrained(export)
+    pipe.load_lora_weights(export)
+    source = values["model"]["checkpoint"]
+    transformer = flux.FluxConfig.from_dict(
+        json.loads((Path(source) / "transformer" / "config.json").read_text())
+    )
+    module = flux.FluxTransformer2DModel(transformer, rngs=nnx.Rngs(0))
+    lora.attach(module, load_config(run_values).model.lora)
+    ours = nnx.jit(lambda m, kw: m(**kw))(nnx.merge(nnx.graphdef(module), state.params), inputs)
+    assert_close(
+        "trained LoRA policy, FluxPipeline.load_lora_weights",
+        ours,
+        diffusers_velocity(pipe.transformer, inputs),
+    )
