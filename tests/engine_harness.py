@@ -139,3 +139,23 @@ def run_host_step(overrides, host=host_brightness, *, devices=1, tx=None, prompt
 
 def flat(params):
     return np.concatenate([np.ravel(x) for x in jax.tree.leaves(params)])
+
+
+def record_trained_state(monkeypatch) -> dict:
+    """Patches ``grpo.jit_train_step`` so that every compiled step keeps the state it returns under
+    ``["state"]`` of the dict returned: the state ``train.run`` ends with, without the seconds an Orbax
+    checkpoint would cost to read it back."""
+    trained = {}
+    compile_step = grpo.jit_train_step
+
+    def recording_jit_train_step(*args, **kwargs):
+        step = compile_step(*args, **kwargs)
+
+        def recorded(state, batch, key):
+            trained["state"], metrics = step(state, batch, key)
+            return trained["state"], metrics
+
+        return recorded
+
+    monkeypatch.setattr(grpo, "jit_train_step", recording_jit_train_step)
+    return trained

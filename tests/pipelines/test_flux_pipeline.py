@@ -15,6 +15,7 @@ import pytest
 import torch
 from cli_runner import one_line_error, run_module
 from diffusers.pipelines.flux.pipeline_flux import FluxPipeline, calculate_shift, retrieve_timesteps
+from engine_harness import record_trained_state
 from tiny_checkpoints import save_tiny_flux
 from tiny_models import PIXEL_FLUX
 
@@ -360,20 +361,7 @@ def test_resolution_must_tile_into_packed_latents(reference):
 def test_two_grpo_steps_on_the_diffusers_folder(reference, ours, tmp_path, monkeypatch):
     """train.run on the converted folder: DanceGRPO's sampler and shifted schedule, brightness reward."""
     _, folder = reference
-    trained = {}
-    compile_step = grpo.jit_train_step
-
-    def recording_jit_train_step(*args, **kwargs):
-        # Keeps the state run() ends with (an Orbax checkpoint would show it too, at several seconds' cost).
-        step = compile_step(*args, **kwargs)
-
-        def recorded(state, batch, key):
-            trained["state"], metrics = step(state, batch, key)
-            return trained["state"], metrics
-
-        return recorded
-
-    monkeypatch.setattr(grpo, "jit_train_step", recording_jit_train_step)
+    trained = record_trained_state(monkeypatch)
     values = flux_config(
         folder,
         sampler={"name": "dance_flow", "num_steps": 3, "noise_level": 0.3, "schedule": "shift", "shift": 3.0},

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 from diffusers.pipelines.flux.pipeline_flux import FluxPipeline
-from engine_harness import flat
+from engine_harness import flat, record_trained_state
 from flax import nnx
 from safetensors import safe_open
 from tiny_checkpoints import save_tiny_flux
 from tiny_models import flux_transformer_inputs
 
-from slas_jax import grpo, lora
+from slas_jax import lora
 from slas_jax.config import load_config
 from slas_jax.models import flux
 from slas_jax.pipelines import build_pipeline
@@ -133,19 +133,7 @@ def test_a_lora_run_on_the_folder_trains_only_adapters_and_diffusers_loads_its_e
     adapter file loaded by diffusers predicts as the trained policy."""
     pytest.importorskip("peft", reason="diffusers' LoRA loading needs peft (in the test extra)")
     values, _, _, inputs, _ = exported
-    trained = {}
-    compile_step = grpo.jit_train_step
-
-    def recording_jit_train_step(*args, **kwargs):
-        step = compile_step(*args, **kwargs)
-
-        def recorded(state, batch, key):
-            trained["state"], metrics = step(state, batch, key)
-            return trained["state"], metrics
-
-        return recorded
-
-    monkeypatch.setattr(grpo, "jit_train_step", recording_jit_train_step)
+    trained = record_trained_state(monkeypatch)
     run_values = {
         **values,
         "sampler": {"name": "flow_sde", "num_steps": 3, "schedule": "shift", "shift": 3.0},
