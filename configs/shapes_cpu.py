@@ -11,8 +11,9 @@ Variants name a backbone, a reward and a method after a colon, in any order (def
     python -m slas_jax.train --config configs/shapes_cpu.py:unet,truth,mean_only
 
 backbone: flow | unet; reward: proxy | truth (the ground-truth partial score); method: slas | dance_grpo |
-mean_only | flow_grpo. The model and sampler sections come from the base model's pretraining config, so the
-RL sampler is the one the base model was evaluated with.
+mean_only | flow_grpo; ``large``: the backbone's larger base model (flow: checkpoints/shapes_flow_large). The
+model and sampler sections come from the base model's pretraining config, so the RL sampler is the one the
+base model was evaluated with.
 """
 
 import runpy
@@ -38,6 +39,8 @@ BACKBONES = {
     "flow": ("shapes_pretrain_flow.py", "checkpoints/shapes_flow"),
     "unet": ("shapes_pretrain_unet.py", "checkpoints/shapes_unet"),
 }
+# The larger base of a backbone (``large``), for the model-scaling comparison: the same RL settings.
+LARGE = {"flow": ("shapes_pretrain_flow_large.py", "checkpoints/shapes_flow_large")}
 REWARDS = {
     "proxy": ("proxy", {"checkpoint": "checkpoints/shapes_proxy"}),
     "truth": ("shapes", {"kind": "partial"}),
@@ -46,11 +49,14 @@ METHODS = ("slas", "dance_grpo", "mean_only", "flow_grpo")
 
 
 def parse_variant(variant: str) -> dict[str, str]:
-    """ "unet,truth" -> {"backbone": "unet", "reward": "truth", "method": "slas"}; ValueError naming the
-    choices for an unknown word."""
+    """ "unet,truth" -> {"backbone": "unet", "reward": "truth", "method": "slas"} (with "size": "large" for
+    the word ``large``); ValueError naming the choices for an unknown word or a backbone without a larger
+    base."""
     chosen = {"backbone": "flow", "reward": "proxy", "method": "slas"}
     for word in filter(None, (w.strip() for w in variant.split(","))):
-        if word in BACKBONES:
+        if word == "large":
+            chosen["size"] = "large"
+        elif word in BACKBONES:
             chosen["backbone"] = word
         elif word in REWARDS:
             chosen["reward"] = word
@@ -59,14 +65,16 @@ def parse_variant(variant: str) -> dict[str, str]:
         else:
             raise ValueError(
                 f"unknown shapes_cpu variant {word!r}: choose from backbones {sorted(BACKBONES)}, "
-                f"rewards {sorted(REWARDS)}, methods {list(METHODS)}"
+                f"rewards {sorted(REWARDS)}, methods {list(METHODS)}, size 'large'"
             )
+    if chosen.get("size") and chosen["backbone"] not in LARGE:
+        raise ValueError(f"shapes_cpu variant 'large': only {sorted(LARGE)} has a larger base model")
     return chosen
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     chosen = parse_variant(variant)
-    pretrain_file, checkpoint = BACKBONES[chosen["backbone"]]
+    pretrain_file, checkpoint = (LARGE if chosen.get("size") else BACKBONES)[chosen["backbone"]]
     base = runpy.run_path(str(HERE / pretrain_file))["get_config"]()
     c = defaults()
     c.model.update(base.model.to_dict())

@@ -42,7 +42,8 @@ class MetricsBackend(Protocol):
 
 
 class JsonLines:
-    """Appends one JSON object per logged step to ``path`` (NaN as null).
+    """Appends one JSON object per logged step to ``path`` (a NaN value as null; values may also be lists and
+    mappings, written as they are).
 
     A run starting at ``start_step`` (0 for a fresh run, the restored step when resuming) first drops the
     file's records of steps >= start_step: those steps are about to run again, and a fresh run in an old run
@@ -62,7 +63,10 @@ class JsonLines:
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
-        record = {"step": step, **{k: (None if math.isnan(v) else v) for k, v in metrics.items()}}
+        record = {
+            "step": step,
+            **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()},
+        }
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 

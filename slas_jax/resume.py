@@ -33,6 +33,8 @@ OVERRIDES = "resume_overrides"
 """The checkpoint metadata key listing the changes resumes accepted through ``train.resume_override``."""
 BEFORE_FILE = "before.json"
 HISTORY_FILE = "history.jsonl"
+EVAL_SCORES_FILE = "eval_scores.jsonl"
+"""Per-prompt scores of each fixed-set evaluation (``Evaluator.evaluate``), by the steps trained before it."""
 SUMMARY_FILE = "summary.md"
 RESUMABLE = (
     "train.num_steps",

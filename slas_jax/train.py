@@ -48,6 +48,7 @@ from slas_jax.models.conversion import ConversionError
 from slas_jax.pipelines import PipelineBundle, build_pipeline
 from slas_jax.pipelines.export import diffusers_source
 from slas_jax.resume import (
+    EVAL_SCORES_FILE,
     FINGERPRINT,
     HISTORY_FILE,
     OVERRIDES,
@@ -232,6 +233,13 @@ def _train(config: Config, checkpointer: Checkpointer, resume: Resume, stop: _St
         else MetricsWriter([])
     )
     steps_log = JsonLines(out_dir / HISTORY_FILE, int(state.step)) if primary else None
+    # Per-prompt scores of each fixed-set evaluation, keyed by the steps trained before it (0: the untrained
+    # model); a resumed run keeps those of the steps its checkpoint holds.
+    eval_log = (
+        JsonLines(out_dir / EVAL_SCORES_FILE, int(state.step) + 1 if resume.step else 0)
+        if primary and evaluator is not None
+        else None
+    )
     history = history_records(out_dir)
     before, eval_images = {}, {}
     # A resumed run keeps the first evaluation's scores and baselines: its gaps and reports span the whole run.
@@ -239,7 +247,9 @@ def _train(config: Config, checkpointer: Checkpointer, resume: Resume, stop: _St
     if kept is not None:
         before, evaluator.baselines = kept
     elif evaluator is not None:
-        before, eval_images = evaluator.evaluate(state.params, state.frozen)
+        before, per_prompt, eval_images = evaluator.evaluate(state.params, state.frozen)
+        if eval_log is not None:
+            eval_log.write(int(state.step), per_prompt)
         if primary:
             evaluator.grid(
                 eval_images, out_dir / "samples_before.png", f"before training (step {int(state.step)})"
@@ -276,8 +286,10 @@ def _train(config: Config, checkpointer: Checkpointer, resume: Resume, stop: _St
         if evaluator is not None:
             record.update(evaluator.score_rollout(np.asarray(images), batch, tc.group_size))
             if (step + 1) % config.eval.every == 0 or last:
-                scores, eval_images = evaluator.evaluate(state.params, state.frozen)
+                scores, per_prompt, eval_images = evaluator.evaluate(state.params, state.frozen)
                 record.update(scores)
+                if eval_log is not None:
+                    eval_log.write(step + 1, per_prompt)
         record["step_time_s"] = time.perf_counter() - start
         if tc.keep_best_metric is not None and tc.keep_best_metric not in {**before, **record}:
             raise ConfigError(

@@ -118,7 +118,14 @@ def test_a_run_killed_at_a_random_step_resumes_bitwise(runs, env):
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
     for name in ("metrics.jsonl", "history.jsonl"):
         assert untimed(killed / name) == untimed(uninterrupted / name), name
-    for name in ("before.json", "final.json", "samples_before.png", "samples_after.png", "curves.png"):
+    for name in (
+        "before.json",
+        "final.json",
+        "eval_scores.jsonl",
+        "samples_before.png",
+        "samples_after.png",
+        "curves.png",
+    ):
         assert (killed / name).read_bytes() == (uninterrupted / name).read_bytes(), name
 
     def summary(folder):

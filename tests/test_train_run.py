@@ -69,6 +69,14 @@ def test_shapes_run_writes_the_run_folder(tmp_path):
         assert (tmp_path / name).stat().st_size > 0, name
     summary = (tmp_path / "summary.md").read_text()
     assert "held_out/strict" in summary and "hacking gap" in summary
+    # Per-prompt scores of each evaluation, keyed by the steps trained before it, averaging to the logged means
+    evaluations = [json.loads(line) for line in (tmp_path / "eval_scores.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evaluations] == [0, 1, 2]
+    for name in ("train", "held_out"):
+        scores = evaluations[-1][name]
+        assert len(scores["scores"]["partial"]) == len(scores["tags"]) == 4
+        assert np.mean(scores["scores"]["partial"]) == pytest.approx(history[-1][f"{name}/partial"])
+        assert np.mean(scores["rewards"]["reward"]) == pytest.approx(history[-1][f"{name}/reward"])
 
 
 def _brightness_values(tmp_path, folder, **reward):

@@ -16,9 +16,24 @@ def get_config() -> ml_collections.ConfigDict:
     c = runpy.run_path(str(Path(__file__).resolve().parent / "paper_claims.py"))["get_config"]()
     c.name = "pilot"
     c.out = "runs/experiments/pilot"
-    c.overrides = ("train.num_steps=4", "train.checkpoint_every=2", "eval.every=2", "train.tensorboard=False")
+    c.overrides = (
+        *(
+            o
+            for o in c.overrides
+            if not o.startswith(("train.num_steps", "train.checkpoint_every", "eval.every"))
+        ),
+        "train.num_steps=4",
+        "train.checkpoint_every=2",
+        "eval.every=2",
+    )
     c.blocks = (
-        {"seed": ("0",), "backbone": ("flow",), "lr": ("base",), "method": ("dance_grpo", "slas_g1")},
-        {"seed": ("0",), "backbone": ("unet",), "lr": ("base",), "method": ("slas_g1",)},
+        {
+            "seed": ("0",),
+            "backbone": ("flow",),
+            "size": ("small",),
+            "lr": ("base",),
+            "method": ("dance_grpo", "slas_g1"),
+        },
+        {"seed": ("0",), "backbone": ("unet",), "size": ("small",), "lr": ("base",), "method": ("slas_g1",)},
     )
     return c

@@ -21,6 +21,7 @@ import numpy as np
 from slas_jax import parallel
 from slas_jax.config import Config, DataConfig
 from slas_jax.data import build_prompt_source
+from slas_jax.data.geneval import TAG_KEY
 from slas_jax.errors import ConfigError, RewardError
 from slas_jax.evaluate.report import save_grid
 from slas_jax.grpo import make_generate
@@ -74,7 +75,8 @@ class Evaluator:
     key (the same noise before and after training) and returns ``{f"{set}/{metric}": mean}``: the scorer's
     metrics (``eval.scorer``), the training reward (``<set>/reward``, for a JAX training reward) and each
     held-out reward (``eval.rewards``: ``<set>/<label>``, with the hacking gap ``<set>/gap/<label>``, the
-    training reward's :func:`gain` minus the held-out one's since the first evaluation of this process).
+    training reward's :func:`gain` minus the held-out one's since the first evaluation of this process), with
+    the same scores per prompt.
     """
 
     def __init__(
@@ -162,16 +164,31 @@ class Evaluator:
             out[key] = np.asarray(fn(params, images, batch))
         return out
 
-    def evaluate(self, params: Any, frozen: Any) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-        """Mean scores per fixed set, e.g. ``held_out/strict``, and the images scored, by set name."""
-        scores_out, images_out = {}, {}
+    def evaluate(
+        self, params: Any, frozen: Any
+    ) -> tuple[dict[str, float], dict[str, dict[str, Any]], dict[str, np.ndarray]]:
+        """Mean scores per fixed set, e.g. ``held_out/strict``; per set its scores per prompt (``{set:
+        {"scores": {metric: (prompts,) list of float, the mean over the prompt's samples}, "rewards": {"reward"
+        and each held-out label: (prompts,) list}, "tags": (prompts,) list of int category (empty without
+        GenEval tags)}}``, JSON-ready, for intervals over prompts); and the images scored, by set name."""
+        scores_out, per_prompt, images_out = {}, {}, {}
         spp = self.config.samples_per_prompt
+
+        def by_prompt(values: np.ndarray) -> list[float]:
+            return np.asarray(values, np.float64).reshape(-1, spp).mean(1).tolist()
+
         for eval_set in self.sets:
             images = self.sample(params, frozen, eval_set)
+            scores = {}
             if self.scorer is not None:
                 scores = self.scorer(images, repeat_rows(eval_set.arrays, spp))
                 scores_out.update({f"{eval_set.name}/{k}": float(np.mean(v)) for k, v in scores.items()})
             rewards = self.rewards(frozen, eval_set, images)
+            per_prompt[eval_set.name] = {
+                "scores": {k: by_prompt(v) for k, v in scores.items()},
+                "rewards": {k: by_prompt(v) for k, v in rewards.items()},
+                "tags": np.asarray(eval_set.arrays.get(TAG_KEY, ()), np.int64).tolist(),
+            }
             for key, values in rewards.items():
                 where = f"{eval_set.name}/{key}"
                 if not np.all(np.isfinite(values)):
@@ -189,7 +206,7 @@ class Evaluator:
                         scores_out[where], self.baselines[where]
                     )
             images_out[eval_set.name] = images
-        return scores_out, images_out
+        return scores_out, per_prompt, images_out
 
     def grid(self, images: Mapping[str, np.ndarray], path: str | Path, title: str) -> None:
         """A PNG grid of ``evaluate``'s images: one row per fixed set, its first ``grid_prompts`` prompts x

@@ -9,8 +9,9 @@ Only finished cells (``done.json``) count. Where a run holds them, the measures 
   testbed), ``truth/partial`` (their ground truth), and every ``eval.every`` steps ``<set>/reward`` and
   ``<set>/partial`` on the fixed sets (``report.train_set``, ``report.held_out_set``). These are means
   over the set, so their intervals are over seeds only;
-- ``final_eval/`` (the shapes benchmark of the final checkpoint): per-image ground truth, rescored here
-  from its PNGs into per-prompt scores (cached in ``final_eval/per_prompt.json``), for the intervals over
+- ``eval_scores.jsonl`` (the same evaluations per prompt), or else ``final_eval/`` (the shapes benchmark of
+  the final checkpoint, its PNGs rescored here into per-prompt scores, cached in
+  ``final_eval/per_prompt.json``): the ground truth per prompt after the last step, for the intervals over
   seeds and prompts and the per-category breakdown.
 
 The report config (the grid config's ``report``): ``method_axis`` ("method"), ``seed_axis`` ("seed"),
@@ -38,6 +39,7 @@ from slas_jax.experiments import stats
 from slas_jax.experiments.plots import save_categories, save_curves
 from slas_jax.experiments.runner import FINAL_EVAL, Plan, attempts, is_done
 from slas_jax.metrics import read_metrics
+from slas_jax.resume import EVAL_SCORES_FILE
 from slas_jax.scorers import SCORERS
 
 REPORT = "report.md"
@@ -84,8 +86,17 @@ class Run:
 
 
 def per_prompt_scores(plan: Plan) -> dict[str, dict[str, np.ndarray]]:
-    """The ground truth per prompt of each fixed set in ``<cell>/final_eval`` (empty when there is none),
-    from the benchmark's PNGs scored by the cell's scorer; cached in ``final_eval/per_prompt.json``."""
+    """The ground truth per prompt of each fixed set after the last step: from the training run's last
+    evaluation (``eval_scores.jsonl``), else from the PNGs of ``<cell>/final_eval`` scored by the cell's
+    scorer (cached in ``final_eval/per_prompt.json``); empty when there is neither."""
+    evaluations = plan.run_dir / EVAL_SCORES_FILE
+    last = read_metrics(evaluations)[-1:] if evaluations.is_file() else []
+    if last and last[0]["step"] == plan.num_steps:
+        return {
+            name: _set_scores(scores)
+            for name, scores in last[0].items()
+            if name != "step" and scores["scores"]
+        }
     folder = plan.run_dir / FINAL_EVAL
     if not plan.final_eval or not (folder / "shapes.json").is_file():
         return {}
@@ -111,6 +122,14 @@ def per_prompt_scores(plan: Plan) -> dict[str, dict[str, np.ndarray]]:
         name: {"truth": {k: np.asarray(v) for k, v in s["truth"].items()}, "tags": np.asarray(s["tags"])}
         for name, s in loaded.items()
     }
+
+
+def _set_scores(scores: Mapping[str, Any]) -> dict[str, Any]:
+    """One set of an ``eval_scores.jsonl`` record as {"truth": {metric: (prompts,)}, "tags": (prompts,)}."""
+    truth = {k: np.asarray(v, np.float64) for k, v in scores["scores"].items()}
+    prompts = len(next(iter(truth.values())))
+    tags = np.asarray(scores["tags"], np.int64) if scores["tags"] else np.zeros(prompts, np.int64)
+    return {"truth": truth, "tags": tags}
 
 
 def scores_before(plan: Plan) -> dict[str, float]:
@@ -405,7 +424,85 @@ def _claims(groups, values, settings, method_axis) -> list[Comparison]:
                 settings["n_boot"],
             )
             comparisons.append(_non_inferiority(row))
-    return comparisons
+    return comparisons + _scaling(groups, values, settings)
+
+
+def _scaling(groups, values, settings) -> list[Comparison]:
+    """Claim 3 for each treatment at a size other than the first, against the same comparison at the first
+    size (sizes in the order the grid's cells list them): how the treatment-minus-control effect changes,
+    (T_big - C_big) - (T_small - C_small), with its interval and MDE (that of the two-arm test scaled by the
+    contrast's larger variance, sum of 1/seeds over the four arms)."""
+    size_axis, seed_axis, method_axis = settings["size_axis"], settings["seed_axis"], settings["method_axis"]
+    if not any(size_axis in m[0].plan.cell.labels for m in groups.values()):
+        return []
+    sizes = list(
+        dict.fromkeys(
+            m[0].plan.cell.labels[size_axis] for m in groups.values() if size_axis in m[0].plan.cell.labels
+        )
+    )
+    rows = []
+    for name, members in groups.items():
+        labels = {k: v for k, v in members[0].plan.cell.labels.items() if k != seed_axis}
+        if (
+            labels.get(method_axis) not in settings["treatments"]
+            or labels.get(size_axis, sizes[0]) == sizes[0]
+        ):
+            continue
+        arms = {
+            "tb": name,
+            "cb": group_name({**labels, method_axis: settings["control"]}, seed_axis),
+            "ts": group_name({**labels, size_axis: sizes[0]}, seed_axis),
+            "cs": group_name({**labels, size_axis: sizes[0], method_axis: settings["control"]}, seed_axis),
+        }
+        if not all(arm in groups for arm in arms.values()):
+            continue
+        for label, key, direction, claim in MEASURES:
+            if claim is None:
+                continue
+            data = [values[arms[arm]][key] for arm in ("tb", "cb", "ts", "cs")]
+            measure = f"{label}: effect at {labels[size_axis]} − at {sizes[0]}"
+            names = (name, f"{arms['cb']}; {arms['ts']} − {arms['cs']}")
+            if any(d is None for d in data) or len({d.ndim for d in data}) != 1:
+                rows.append(
+                    Comparison(
+                        "claim 3: more robust to model scaling",
+                        *names,
+                        measure,
+                        None,
+                        float("nan"),
+                        "not tested",
+                        (0, 0),
+                    )
+                )
+                continue
+            seeds = [len(d) for d in data]
+            effect = stats.bootstrap_contrast(data, (1.0, -1.0, -1.0, 1.0), n_boot=settings["n_boot"])
+            per_seed = [d.mean(1) if d.ndim == 2 else d for d in data]
+            spread = np.sqrt(
+                np.mean(
+                    [
+                        stats.pooled_std(per_seed[0], per_seed[1]) ** 2,
+                        stats.pooled_std(per_seed[2], per_seed[3]) ** 2,
+                    ]
+                )
+            )
+            two_arm = 1 / seeds[0] + 1 / seeds[1]
+            mde = stats.minimum_detectable_effect(spread, seeds[0], seeds[1]) * np.sqrt(
+                sum(1 / n for n in seeds) / two_arm
+            )
+            verdict = stats.verdict(effect, direction) if min(seeds) >= 2 else "not tested (one seed)"
+            rows.append(
+                Comparison(
+                    "claim 3: more robust to model scaling",
+                    *names,
+                    measure,
+                    effect,
+                    mde,
+                    verdict,
+                    (seeds[0], seeds[1]),
+                )
+            )
+    return rows
 
 
 def _non_inferiority(row: Comparison) -> Comparison:
@@ -454,8 +551,9 @@ def _untested_claims(groups, settings) -> list[str]:
         )
     else:
         lines.append(
-            f"- claim 3 (more robust to model scaling): read the rows of each size ({', '.join(sorted(sizes))}) "
-            "above: the claim holds where SLAS's advantage stays or grows with size."
+            f"- claim 3 (more robust to model scaling): the claim-3 rows give how each treatment's effect changes "
+            f"from one size to another ({', '.join(sorted(sizes))}): supported where SLAS's advantage grows with "
+            "size, contradicted where it shrinks; the rows of each size's own context say whether it holds there."
         )
     has_categories = any(run.per_prompt for members in groups.values() for run in members)
     if not has_categories:

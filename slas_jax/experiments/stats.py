@@ -10,6 +10,7 @@ difference: the prompts are the same, so the comparison is paired over them).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -71,15 +72,31 @@ def bootstrap_difference(
 ) -> Interval:
     """mean(a) - mean(b) for two arms (their seeds independent runs, their prompts the same fixed set):
     ``a`` (seeds_a,) or (seeds_a, prompts), ``b`` likewise with the same number of prompts."""
-    a, b = _as_2d(a), _as_2d(b)
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"both arms need the same prompts, got {a.shape[1]} and {b.shape[1]}")
+    return bootstrap_contrast((a, b), (1.0, -1.0), n_boot=n_boot, level=level, seed=seed)
+
+
+def bootstrap_contrast(
+    arms: Sequence[np.ndarray],
+    weights: Sequence[float],
+    *,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """sum_i weights[i] * mean(arms[i]) with its bootstrap interval, each arm's seeds resampled on their own
+    and the prompts (one fixed set, the same in every arm) together: each arm (seeds_i,) or (seeds_i,
+    prompts). E.g. weights (1, -1, -1, 1) over (treatment, control) at two sizes: how the effect changes."""
+    arms = [_as_2d(arm) for arm in arms]
+    if len({arm.shape[1] for arm in arms}) != 1:
+        raise ValueError(f"every arm needs the same prompts, got {[arm.shape[1] for arm in arms]}")
     rng = np.random.default_rng(seed)
-    prompts = _draws(rng, n_boot, a.shape[1])
-    replicates = _replicates(a, _draws(rng, n_boot, a.shape[0]), prompts) - _replicates(
-        b, _draws(rng, n_boot, b.shape[0]), prompts
+    prompts = _draws(rng, n_boot, arms[0].shape[1])
+    replicates = sum(
+        w * _replicates(arm, _draws(rng, n_boot, arm.shape[0]), prompts)
+        for w, arm in zip(weights, arms, strict=True)
     )
-    return _interval(a.mean() - b.mean(), replicates, level)
+    estimate = sum(w * arm.mean() for w, arm in zip(weights, arms, strict=True))
+    return _interval(float(estimate), replicates, level)
 
 
 def bootstrap_curve(

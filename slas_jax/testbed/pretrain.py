@@ -27,16 +27,20 @@ Bad configs end with one line on stderr and exit code 2 (``--verbose`` shows the
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 from tqdm import tqdm
 
 from slas_jax.cli import Command, Parsed
@@ -49,6 +53,7 @@ from slas_jax.config import (
     load_config,
     require,
 )
+from slas_jax.errors import ConfigError
 from slas_jax.evaluate import generate_images
 from slas_jax.param_paths import select
 from slas_jax.pipelines import PipelineBundle, build_pipeline
@@ -114,6 +119,10 @@ class PretrainConfig:
     from the average."""
     log_every: int = 50
     """Steps between loss readings (the only points where the host waits for the device)."""
+    checkpoint_every: int = 500
+    """Steps between saves of the training state to ``<output_dir>.state`` (0: none). The same command finding
+    that folder continues from its newest step, bit for bit as if never stopped; it is removed once the
+    checkpoint is written."""
 
     def validate(self) -> None:
         _require(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
@@ -132,6 +141,7 @@ class PretrainConfig:
         _require(self.eval_chunk >= 1, "eval_chunk", "must be >= 1")
         _require(0 <= self.ema_decay < 1, "ema_decay", "must be in [0, 1)")
         _require(self.log_every >= 1, "log_every", "must be >= 1")
+        _require(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0 (0: no resumable state)")
 
 
 def load_pretrain_config(values: Any) -> tuple[Config, PretrainConfig]:
@@ -303,10 +313,78 @@ def evaluate(
 # The run
 
 
+STATE_SUFFIX = ".state"
+"""``<output_dir><STATE_SUFFIX>``: the folder of a pretraining run's resumable state."""
+
+
+class TrainingState:
+    """The resumable state of a pretraining run in ``<output_dir>.state`` (Orbax, the newest two steps): its
+    (weights, average, optimizer state) leaves, the loss readings so far and the configs it belongs to."""
+
+    def __init__(self, config: Config, pc: PretrainConfig):
+        self.folder = Path(pc.output_dir + STATE_SUFFIX).absolute()
+        pretraining = {k: v for k, v in json_ready(pc).items() if k != "output_dir"}
+        # As the saved JSON reads back (tuples as lists).
+        self.fingerprint = json.loads(
+            json.dumps({"model": json_ready(config.model), "pretrain": pretraining})
+        )
+        self.manager: ocp.CheckpointManager | None = None
+
+    def _manager(self) -> ocp.CheckpointManager:
+        if self.manager is None:
+            self.manager = ocp.CheckpointManager(
+                self.folder, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
+            )
+        return self.manager
+
+    def restore(self, fresh: Any) -> tuple[int, Any, list[tuple[int, float]]]:
+        """(first step to run, state, loss readings): those saved, else (0, ``fresh``, []). ConfigError in one
+        line when the folder holds another configuration's run."""
+        if not self.folder.is_dir():
+            return 0, fresh, []
+        manager = self._manager()
+        step = manager.latest_step()
+        if step is None:
+            return 0, fresh, []
+        leaves, treedef = jax.tree.flatten(fresh)
+        abstract = {str(n): jax.ShapeDtypeStruct(x.shape, x.dtype) for n, x in enumerate(leaves)}
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), extra=ocp.args.JsonRestore()),
+        )
+        if restored.extra["fingerprint"] != self.fingerprint:
+            raise ConfigError(
+                f"{self.folder} holds the state of a pretraining run with another configuration; remove it to "
+                "start afresh, or run the configuration it came from"
+            )
+        print(f"resumed from step {step} in {self.folder}", file=sys.stderr)
+        state = jax.tree.unflatten(treedef, [restored.state[str(n)] for n in range(len(leaves))])
+        return step, state, [(int(s), float(v)) for s, v in restored.extra["losses"]]
+
+    def save(self, step: int, state: Any, losses: Sequence[tuple[int, float]]) -> None:
+        """Saves the state after ``step`` steps (in the background: the next steps run meanwhile)."""
+        leaves = {str(n): x for n, x in enumerate(jax.tree.leaves(state))}
+        extra = {"fingerprint": self.fingerprint, "losses": [list(r) for r in losses]}
+        self._manager().save(
+            step, args=ocp.args.Composite(state=ocp.args.StandardSave(leaves), extra=ocp.args.JsonSave(extra))
+        )
+
+    def close(self) -> None:
+        """Waits for the last save."""
+        if self.manager is not None:
+            self.manager.wait_until_finished()
+            self.manager.close()
+            self.manager = None
+
+    def remove(self) -> None:
+        self.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def train(
     config: Config, pc: PretrainConfig, *, progress: bool = True
 ) -> tuple[PipelineBundle, dict[str, Any], list[tuple[int, float]]]:
-    """Pretrains from scratch; returns the bundle with the trained weights (their moving average when
+    """Pretrains from scratch, or continues the run saved in ``<output_dir>.state``; returns the bundle with the trained weights (their moving average when
     ``ema_decay`` is set), those weights as {"backbone", "text"} and the loss readings [(step, loss)] every
     ``log_every`` steps and at the end."""
     bundle = build_pipeline(
@@ -329,29 +407,44 @@ def train(
     opt_state = tx.init(trainable)
     # The average needs its own buffers: the step donates both trees.
     average = jax.tree.map(jnp.copy, trainable) if pc.ema_decay else None
+    saved = TrainingState(config, pc)
+    start, (trainable, average, opt_state), losses = saved.restore((trainable, average, opt_state))
     specs = split_specs("train")
     base_key = jax.random.PRNGKey(pc.seed)
-    losses: list[tuple[int, float]] = []
-    bar = tqdm(range(pc.steps), desc="pretrain", unit="step", dynamic_ncols=True, disable=not progress)
-    for i in bar:
-        # The step is dispatched asynchronously: the next batch renders on the host while the device trains.
-        images, prompts = render_batch(specs, pc.seed, i, pc.batch_size)
-        trainable, average, opt_state, loss = step(
-            trainable,
-            average,
-            opt_state,
-            images,
-            bundle.tokenize(prompts),
-            jax.random.fold_in(base_key, i),
-            jnp.asarray(i, jnp.float32),
-        )
-        if i % pc.log_every == 0 or i == pc.steps - 1:
-            losses.append((i, float(loss)))
-            if not np.isfinite(losses[-1][1]):
-                raise FloatingPointError(
-                    f"loss became {losses[-1][1]} at step {i}; lower pretrain.learning_rate"
-                )
-            bar.set_postfix(loss=f"{losses[-1][1]:.4f}")
+    bar = tqdm(
+        range(start, pc.steps),
+        desc="pretrain",
+        unit="step",
+        dynamic_ncols=True,
+        disable=not progress,
+        initial=start,
+        total=pc.steps,
+    )
+    # A stop (Ctrl-C, an error) still lets the save in flight finish.
+    try:
+        for i in bar:
+            # The step is dispatched asynchronously: the next batch renders on the host while the device trains.
+            images, prompts = render_batch(specs, pc.seed, i, pc.batch_size)
+            trainable, average, opt_state, loss = step(
+                trainable,
+                average,
+                opt_state,
+                images,
+                bundle.tokenize(prompts),
+                jax.random.fold_in(base_key, i),
+                jnp.asarray(i, jnp.float32),
+            )
+            if i % pc.log_every == 0 or i == pc.steps - 1:
+                losses.append((i, float(loss)))
+                if not np.isfinite(losses[-1][1]):
+                    raise FloatingPointError(
+                        f"loss became {losses[-1][1]} at step {i}; lower pretrain.learning_rate"
+                    )
+                bar.set_postfix(loss=f"{losses[-1][1]:.4f}")
+            if pc.checkpoint_every and (i + 1) % pc.checkpoint_every == 0 and i + 1 < pc.steps:
+                saved.save(i + 1, (trainable, average, opt_state), losses)
+    finally:
+        saved.close()
     trainable = jax.block_until_ready(average if pc.ema_decay else trainable)
     bundle = dataclasses.replace(
         bundle, params=trainable["backbone"], frozen={**bundle.frozen, "text": trainable["text"]}
@@ -382,6 +475,7 @@ def run(config: Config, pc: PretrainConfig, *, command: str = "", progress: bool
         "software": software(),
     }
     save_checkpoint(pc.output_dir, trainable, metadata)
+    TrainingState(config, pc).remove()
     return metadata
 
 

@@ -13,9 +13,12 @@ from slas_jax.experiments.runner import DONE, Plan
 STEPS = 20
 
 
-def finished_cell(out: Path, method: str, seed: int, reward: np.ndarray, truth: np.ndarray) -> Plan:
-    labels = {"method": method, "seed": str(seed)}
-    cell = Cell(f"method-{method}__seed-{seed}", labels, "configs/brightness_cpu.py", ())
+def finished_cell(
+    out: Path, method: str, seed: int, reward: np.ndarray, truth: np.ndarray, size: str | None = None
+) -> Plan:
+    labels = {"method": method, "seed": str(seed)} | ({"size": size} if size else {})
+    name = "__".join(f"{axis}-{label}" for axis, label in labels.items())
+    cell = Cell(name, labels, "configs/brightness_cpu.py", ())
     run_dir = out / cell.name
     run_dir.mkdir(parents=True)
     records = [
@@ -67,3 +70,35 @@ def test_claims_read_from_the_run_folders(tmp_path):
     assert "| method-slas | 3 | 9.0 [9.0, 9.0] |" in report
     assert "| method-dance | 3 | 17.0 [17.0, 17.0] |" in report
     assert (tmp_path / "curves.png").is_file() and not (tmp_path / "categories.png").exists()
+
+
+def test_model_scaling_is_the_change_of_the_effect_between_sizes(tmp_path):
+    """At the small size the treatment reaches the target in 9 steps against 17; at the large size both take
+    9: the advantage shrinks by 8 steps with size, which contradicts claim 3."""
+    steps = np.arange(STEPS)
+    rng = np.random.default_rng(1)
+    plans = []
+    for seed in range(3):
+        for size, control_slope in (("small", 0.005), ("large", 0.01)):
+            noise = rng.normal(0, 1e-4, size=(2, STEPS))
+            plans.append(
+                finished_cell(
+                    tmp_path, "dance", seed, 0.4 + control_slope * steps + noise[0], 0.4 + noise[1], size
+                )
+            )
+            reward = 0.4 + 0.01 * steps + noise[0]
+            plans.append(finished_cell(tmp_path, "slas", seed, reward, reward + noise[1], size))
+    settings = {
+        "control": "dance",
+        "treatments": ("slas",),
+        "target_reward": 0.4775,
+        "window": 1,
+        "n_boot": 500,
+    }
+    report = write_report(tmp_path, plans, settings, "grid").read_text()
+    rows = [line.split(" | ") for line in report.splitlines() if line.startswith("| claim 3")]
+    by_measure = {row[3]: row for row in rows}
+    scaling = by_measure["steps to target: effect at large − at small"]
+    assert scaling[1] == "method-slas__size-large" and scaling[4] == "3 vs 3"
+    assert scaling[5] == "8.000 [8.000, 8.000]" and scaling[-1] == "contradicted |"
+    assert "the claim-3 rows give how each treatment's effect changes" in report

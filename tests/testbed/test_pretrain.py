@@ -12,6 +12,7 @@ import pytest
 from cli_runner import one_line_error, run_module
 
 from slas_jax.config import ModelConfig, from_mapping, json_ready
+from slas_jax.errors import ConfigError
 from slas_jax.models.conversion import ConversionError
 from slas_jax.pipelines import build_pipeline
 from slas_jax.testbed import pretrain
@@ -109,6 +110,36 @@ def test_regeneration_is_bit_for_bit(smoke_run, tmp_path):
     again = pretrain.run(config, dataclasses.replace(pc, output_dir=str(tmp_path)), progress=False)
     assert again["params_sha256"] == metadata["params_sha256"]
     assert again["eval"] == metadata["eval"]
+
+
+def test_a_stopped_pretraining_continues_bit_for_bit(smoke_run, tmp_path, monkeypatch):
+    config, pc, _ = smoke_run
+    if config.model.family != "flux":
+        pytest.skip("one family suffices")
+    pc = dataclasses.replace(pc, steps=4, checkpoint_every=2, eval_samples_per_prompt=0)
+    straight = pretrain.run(
+        config, dataclasses.replace(pc, output_dir=str(tmp_path / "straight")), progress=False
+    )
+    stopped = dataclasses.replace(pc, output_dir=str(tmp_path / "stopped"))
+    render = pretrain.render_batch
+
+    def stop_at_step_3(specs, seed, step, batch_size):
+        if step == 3:
+            raise KeyboardInterrupt
+        return render(specs, seed, step, batch_size)
+
+    monkeypatch.setattr(pretrain, "render_batch", stop_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.run(config, stopped, progress=False)
+    monkeypatch.setattr(pretrain, "render_batch", render)
+    state = tmp_path / f"stopped{pretrain.STATE_SUFFIX}"
+    assert (state / "2").is_dir() and not (tmp_path / "stopped").exists()
+    with pytest.raises(ConfigError, match="another configuration; remove it"):
+        pretrain.train(config, dataclasses.replace(stopped, seed=1), progress=False)
+    resumed = pretrain.run(config, stopped, progress=False)
+    assert resumed["params_sha256"] == straight["params_sha256"]
+    assert resumed["loss"] == straight["loss"]
+    assert not state.exists()
 
 
 def test_other_seed_gives_other_weights(smoke_run, tmp_path):
