@@ -48,6 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.name = "paper_claims"
     c.base = "configs/shapes_cpu.py"
     c.out = "runs/experiments/paper_claims"
+    c.report_dir = "docs/results/paper_claims"
     # 150 steps of 4 prompts x 8 samples (hacking needs time to show; half the demo's prompts per step so
     # that the grid fits a few sittings), the fixed sets (64 prompts x 2 samples each) evaluated every 30
     # steps (6 points of the gap curve with the untrained model's), a checkpoint every 10 steps (at most 10

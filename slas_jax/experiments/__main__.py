@@ -3,7 +3,8 @@
 
 Runs a grid of training runs (method x gamma x seed x backbone x model size x learning rate, as the grid
 config says: :mod:`slas_jax.experiments.grid`), one folder per cell under ``config.out``, each cell the
-training CLI in its own process, then writes ``<out>/report.md`` with its plots from the run folders.
+training CLI in its own process, then writes ``report.md`` with its plots from the run folders (into
+``config.report_dir``, default ``config.out``); each sitting is logged in ``<out>/sittings.jsonl``.
 Rerun the same command to continue: finished cells are kept, half-done ones resume from their checkpoints.
 ``--max-minutes`` stops starting cells after the budget and stops the running ones cleanly (they
 checkpoint), so a long grid is worked off in several sittings; Ctrl-C does the same (twice: kill them).
@@ -16,6 +17,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 
 from absl import flags
@@ -75,6 +77,7 @@ def experiments_command(parsed: Parsed, argv: list[str]) -> str:
     flag = parsed.flags
     summary = ""
     if not flag["report-only"].value:
+        started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         with grid_lock(out):
             check_record(out, grid_record(grid, cells), flag["allow-changed-grid"].value)
             runner = Runner(
@@ -90,7 +93,15 @@ def experiments_command(parsed: Parsed, argv: list[str]) -> str:
         )
         if outcome.stopped:
             summary = f"{outcome.stopped}: {summary}; rerun the same command to continue"
-    written = report.write_report(out, plans, grid.get("report") or {}, shlex.join(["python", "-m", *argv]))
+    command = shlex.join(["python", "-m", *argv])
+    if not flag["report-only"].value:
+        report.record_sitting(
+            out,
+            command,
+            {"started": started, "minutes": round(outcome.seconds / 60, 2), "finished": outcome.finished_now},
+        )
+    report_dir = Path(grid["report_dir"]) if grid.get("report_dir") else None
+    written = report.write_report(out, plans, grid.get("report") or {}, command, report_dir)
     if not flag["report-only"].value and outcome.failed:
         name, line = next(iter(outcome.failed.items()))
         raise UserError(

@@ -10,7 +10,9 @@ A grid config (``configs/experiments/<name>.py``, a ConfigDict from ``get_config
 - ``order``: every axis name once, the slowest-varying first (also the order of the parts of a cell's name);
 - ``blocks``: products to take, each ``{axis: (labels, ...)}``, an axis left out taking all its values (none:
   the whole product). Their union, without repeats, in block order, is the grid;
-- ``report``: what the report compares (read by :mod:`slas_jax.experiments.report`).
+- ``report``: what the report compares (read by :mod:`slas_jax.experiments.report`); ``report_dir``: where
+  the report and its PNGs go (default ``out``; e.g. a docs/ folder to commit); ``final_eval`` (default
+  True): whether shapes cells end with the shapes benchmark of their final checkpoint.
 
 A cell is one training run: its name is ``<axis>-<label>`` parts joined by ``__`` in ``order``, e.g.
 ``seed-0__method-slas_g1``, which is also its folder under ``out``.

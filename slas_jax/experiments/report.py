@@ -23,6 +23,7 @@ method and the seed, halfway from their mean first-step reward to their median f
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -43,6 +44,7 @@ from slas_jax.resume import EVAL_SCORES_FILE
 from slas_jax.scorers import SCORERS
 
 REPORT = "report.md"
+SITTINGS = "sittings.jsonl"
 PER_PROMPT = "per_prompt.json"
 DEFAULTS = {
     "method_axis": "method",
@@ -299,9 +301,42 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def write_report(out: Path, plans: Sequence[Plan], report_config: Mapping[str, Any], command: str) -> Path:
-    """Writes ``out/report.md`` (and ``curves.png``, ``categories.png``) from the finished cells; returns
-    the report's path. ``command``: the command line that wrote it, quoted in the report."""
+def record_sitting(out: Path, command: str, outcome: Mapping[str, Any]) -> None:
+    """Appends one sitting of the grid (its command, commit, start, minutes and cells finished) to
+    ``out/sittings.jsonl``, which the report sums into the grid's wall time."""
+    record = {"command": command, "commit": _git_commit(), **outcome}
+    with (out / SITTINGS).open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _sittings(out: Path) -> str:
+    path = out / SITTINGS
+    records = (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    )
+    if not records:
+        return "No sitting of the runner is recorded."
+    minutes = sum(r["minutes"] for r in records)
+    commits = ", ".join(f"`{c}`" for c in dict.fromkeys(r["commit"] for r in records))
+    return (
+        f"The cells ran in {len(records)} sitting(s) of `{records[-1]['command']}`, {minutes / 60:.1f} h of wall "
+        f"time in all (from {records[0]['started']} to the last sitting's end), at commit(s) {commits}."
+    )
+
+
+def write_report(
+    out: Path,
+    plans: Sequence[Plan],
+    report_config: Mapping[str, Any],
+    command: str,
+    report_dir: Path | None = None,
+) -> Path:
+    """Writes ``report.md`` (and ``curves.png``, ``categories.png``, and with a ``report_dir`` other than
+    ``out`` each group's sample grid in ``samples/``) from the finished cells of the grid in ``out`` into
+    ``report_dir`` (default ``out``); returns the report's path. ``command``: the command line that wrote
+    it, quoted in the report."""
+    report_dir = out if report_dir is None else report_dir
+    report_dir.mkdir(parents=True, exist_ok=True)
     settings = {**DEFAULTS, **dict(report_config)}
     runs = load_runs(plans)
     seed_axis, method_axis = settings["seed_axis"], settings["method_axis"]
@@ -326,7 +361,8 @@ def write_report(out: Path, plans: Sequence[Plan], report_config: Mapping[str, A
         f"# Experiment report: {out.name}",
         "",
         f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} at commit `{_git_commit()}` by "
-        f"`{command}`. {len(runs)} of {len(plans)} cells finished; only finished cells count.",
+        f"`{command}`. {len(runs)} of {len(plans)} cells finished; only finished cells count. "
+        + _sittings(out),
         "",
         "Target training reward for 'steps to target' (moving average over "
         f"{settings['window']} steps; a run that never reaches it counts as its length): "
@@ -349,8 +385,9 @@ def write_report(out: Path, plans: Sequence[Plan], report_config: Mapping[str, A
         lines.append(f"| {name} | {len(members)} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Truth intervals are over seeds and evaluation prompts where the final benchmark's per-prompt scores "
-        "exist (final_eval/), over seeds only otherwise (metrics.jsonl holds set means).",
+        "Truth intervals are over seeds and evaluation prompts where per-prompt scores exist (the last "
+        "evaluation's eval_scores.jsonl, or a final benchmark's final_eval/), over seeds only otherwise "
+        "(metrics.jsonl holds set means).",
         "",
     ]
     comparisons = _claims(groups, values, settings, method_axis)
@@ -374,16 +411,20 @@ def write_report(out: Path, plans: Sequence[Plan], report_config: Mapping[str, A
         )
     lines += ["", *_untested_claims(groups, settings), ""]
     lines += _category_section(groups, settings, n_boot)
-    save_curves(out / "curves.png", groups, measures)
+    save_curves(report_dir / "curves.png", groups, measures)
     lines += ["## Curves", "", "![reward, held-out truth and gap over steps](curves.png)", ""]
-    if save_categories(out / "categories.png", groups, settings):
+    if save_categories(report_dir / "categories.png", groups, settings):
         lines += ["![per-category ground truth](categories.png)", ""]
     lines += ["## Samples after training (first seed of each group)", ""]
     for name, members in groups.items():
         sample = members[0].plan.run_dir / "samples_after.png"
-        if sample.is_file():
-            lines += [f"**{name}**", "", f"![{name}]({sample.relative_to(out)})", ""]
-    path = out / REPORT
+        if not sample.is_file():
+            continue
+        if report_dir != out:
+            (report_dir / "samples").mkdir(exist_ok=True)
+            sample = Path(shutil.copyfile(sample, report_dir / "samples" / f"{name}.png"))
+        lines += [f"**{name}**", "", f"![{name}]({sample.relative_to(report_dir)})", ""]
+    path = report_dir / REPORT
     path.write_text("\n".join(lines))
     return path
 
@@ -546,8 +587,8 @@ def _untested_claims(groups, settings) -> list[str]:
     if len(sizes) < 2:
         lines.append(
             "- claim 3 (more robust to model scaling): not tested: the grid has "
-            f"{'one model size' if sizes else 'no model-size axis'}; it needs a second pretrained base of the "
-            "same backbone at another size (none exists yet)."
+            f"{'one model size' if sizes else 'no model-size axis'} among its finished cells; it needs cells of "
+            "the same backbone at a second size."
         )
     else:
         lines.append(
