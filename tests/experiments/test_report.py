@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from slas_jax.experiments.grid import Cell
-from slas_jax.experiments.report import write_report
+from slas_jax.experiments.report import record_sitting, write_report
 from slas_jax.experiments.runner import DONE, Plan
 
 STEPS = 20
@@ -102,3 +102,40 @@ def test_model_scaling_is_the_change_of_the_effect_between_sizes(tmp_path):
     assert scaling[1] == "method-slas__size-large" and scaling[4] == "3 vs 3"
     assert scaling[5] == "8.000 [8.000, 8.000]" and scaling[-1] == "contradicted |"
     assert "the claim-3 rows give how each treatment's effect changes" in report
+
+
+def test_per_prompt_scores_of_the_last_evaluation_give_categories_and_the_report_goes_to_its_folder(tmp_path):
+    """eval_scores.jsonl's last evaluation (after the last step) gives per-prompt truth: the category table
+    and intervals over prompts; with a report_dir the report, plots and sample grids go there, and the
+    sittings' wall time and commits are quoted."""
+    out, published = tmp_path / "grid", tmp_path / "docs"
+    plans = []
+    for seed in range(2):
+        for method, level in (("dance", 0.4), ("slas", 0.6)):
+            plan = finished_cell(out, method, seed, np.full(STEPS, 0.5), np.full(STEPS, 0.5))
+            evaluation = {
+                "scores": {"partial": [level, level, level + 0.2, level + 0.2]},
+                "rewards": {"reward": [0.5] * 4},
+                "tags": [1, 1, 2, 2],
+            }
+            early = {"step": 0, "train": {**evaluation, "scores": {"partial": [0.0] * 4}}}
+            lines = [early, {"step": STEPS, "train": evaluation}]
+            (plan.run_dir / "eval_scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+            (plan.run_dir / "samples_after.png").write_bytes(b"png")
+            plans.append(plan)
+    record_sitting(
+        out,
+        "python -m slas_jax.experiments --config grid.py",
+        {"started": "2026-12-03 10:00 UTC", "minutes": 90.0, "finished": 4},
+    )
+    settings = {"control": "dance", "treatments": ("slas",), "window": 1, "n_boot": 200}
+    path = write_report(out, plans, settings, "grid", report_dir=published)
+    assert path == published / "report.md" and (published / "curves.png").is_file()
+    report = path.read_text()
+    assert "1 sitting(s) of `python -m slas_jax.experiments --config grid.py`, 1.5 h of wall time" in report
+    assert "| method-dance | train | two_object | 2 | 0.400 [0.400, 0.400] |" in report
+    assert "| method-slas | train | counting | 2 | 0.800 [0.800, 0.800] |" in report
+    rows = {line.split(" | ")[3]: line for line in report.splitlines() if line.startswith("| claim 5")}
+    assert "| 2 vs 2 | 0.200 [0.200, 0.200] |" in rows["training truth, two_object"]
+    assert (published / "samples" / "method-slas.png").read_bytes() == b"png"
+    assert "![method-slas](samples/method-slas.png)" in report
