@@ -1,24 +1,24 @@
 """The paper's claims on the shapes testbed: SLAS against every baseline, over seeds, on the learned proxy
 reward with the pixel ground truth beside it (configs/shapes_cpu.py: flow backbone, proxy reward).
 
-    python -m slas_jax.experiments --config configs/experiments/paper_claims.py --max-minutes 240
+    python -m slas_jax.experiments --config configs/experiments/paper_claims.py --max-minutes 90   # repeat
 
-Blocks (36 cells of 150 steps):
+Blocks (42 cells of 150 steps, 3 seeds each; seed 0 of every block first):
 - every method on the flow backbone at the demo's learning rate (1e-4): DanceGRPO with its eps 1e-8,
   mean-only, Flow-GRPO with the batch std and with the per-prompt std (Flow-GRPO's eps 1e-4), SLAS at
-  gamma 0.5, 1 and 2 (normalised after shaping), and at gamma 1 normalised before shaping; 3 seeds;
+  gamma 0.5, 1 and 2 (normalised after shaping), and at gamma 1 normalised before shaping;
 - a higher learning rate (3e-4) for DanceGRPO and SLAS (gamma 1), where reward hacking should show sooner;
-- the UNet backbone for DanceGRPO and SLAS (gamma 1).
+- the UNet backbone for DanceGRPO and SLAS (gamma 1);
+- the larger flow base (checkpoints/shapes_flow_large, twice the depth: configs/shapes_pretrain_flow_large.py)
+  for DanceGRPO and SLAS (gamma 1): claim 3, model scaling.
 
-Cost, from the pilot (configs/experiments/pilot.py, 4 steps per cell, the 2 cores shared at load 8-10):
-a flow step 15-18 s, a UNet step 21 s, a fixed-set evaluation (2 x 256 images) 85-105 s on flow and 50-75 s
-on the UNet, start-up and compilation 3-4 min and the final benchmark 1-2 min per cell. A 150-step cell is
-then about an hour, and the grid about 36 hours: some nine 4-hour sittings, not a few. The evaluations
-are a fifth of it (``eval.every=50`` would save 3 of the 7).
-
-Claim 3 (model scaling) needs the flow backbone at a second size; no larger pretrained shapes flow base
-exists yet, so the grid has no size axis and the report says the claim is not tested. A seed is the
-training run's seed (rollout noise); the evaluation's prompts and noise are the same in every cell.
+Cost, from the pilot (configs/experiments/pilot.py: 4 steps per cell at these settings, one cell at a time
+beside the larger base's pretraining on the other core): a flow step 4.7-5.0 s, a UNet step 11.5 s, a
+fixed-set evaluation (2 x 128 images) 18-20 s on flow and 26-29 s on the UNet, the first step (compiling)
+33-42 s. A flow cell is then about 15 minutes, a UNet cell about 32, a large flow cell about 30 (twice the
+flow model's compute, estimated): some 14 hours one cell at a time, about five 3-hour sittings. (At the
+demo's 8 prompts per step a flow step took 5.8 s with the 2 cores to itself.) A seed is the training run's seed (rollout noise); the
+evaluation's prompts and noise are the same in every cell.
 """
 
 import ml_collections
