@@ -11,6 +11,7 @@ from slas_jax.experiments.report import record_sitting, write_report
 from slas_jax.experiments.runner import DONE, Plan
 
 STEPS = 20
+SETTINGS = {"control": "dance", "treatments": ("slas",), "target_reward": 0.4775, "window": 1, "n_boot": 500}
 
 
 def finished_cell(
@@ -49,14 +50,7 @@ def test_claims_read_from_the_run_folders(tmp_path):
             STEPS,
         )
     )
-    settings = {
-        "control": "dance",
-        "treatments": ("slas",),
-        "target_reward": 0.4775,
-        "window": 1,
-        "n_boot": 500,
-    }
-    path = write_report(tmp_path, plans, settings, "python -m slas_jax.experiments --config grid.py")
+    path = write_report(tmp_path, plans, SETTINGS, "python -m slas_jax.experiments --config grid.py")
     report = path.read_text()
     assert "6 of 7 cells finished" in report and "`python -m slas_jax.experiments --config grid.py`" in report
     rows = {line.split(" | ")[3]: line for line in report.splitlines() if line.startswith("| claim")}
@@ -88,14 +82,7 @@ def test_model_scaling_is_the_change_of_the_effect_between_sizes(tmp_path):
             )
             reward = 0.4 + 0.01 * steps + noise[0]
             plans.append(finished_cell(tmp_path, "slas", seed, reward, reward + noise[1], size))
-    settings = {
-        "control": "dance",
-        "treatments": ("slas",),
-        "target_reward": 0.4775,
-        "window": 1,
-        "n_boot": 500,
-    }
-    report = write_report(tmp_path, plans, settings, "grid").read_text()
+    report = write_report(tmp_path, plans, SETTINGS, "grid").read_text()
     rows = [line.split(" | ") for line in report.splitlines() if line.startswith("| claim 3")]
     by_measure = {row[3]: row for row in rows}
     scaling = by_measure["steps to target: effect at large − at small"]
