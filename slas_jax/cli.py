@@ -9,7 +9,9 @@ instead end with an :class:`Exit` of its own code, e.g. :data:`EXIT_STOPPED` for
 
 from __future__ import annotations
 
+import os
 import runpy
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from absl import flags
 from ml_collections import ConfigDict, config_flags
+from tqdm import tqdm
 
 from slas_jax.errors import ConfigError, UserError
 
@@ -161,6 +164,34 @@ class Command:
             return summary.code
         print(summary)
         return 0
+
+
+class StopSignals:
+    """Turns SIGTERM (what a preempted TPU VM / Kubernetes pod receives) and SIGINT (Ctrl-C) into a checked
+    flag, ``raised`` (the signal's name; "" while none came), so a training loop (RL, pretraining) finishes
+    the step in flight, saves and exits instead of dying mid-write and losing the steps since the last
+    checkpoint. A second signal
+    ends the process at once, as it would have without this handler. The previous handlers come back on
+    exit."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __enter__(self) -> StopSignals:
+        self.raised = ""
+        self.previous = {sig: signal.signal(sig, self._set) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _set(self, signum: int, _frame: object) -> None:
+        if self.raised:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.raised = signal.Signals(signum).name
+        tqdm.write(f"{self.raised}: stopping after this step and saving (send it again to stop now, unsaved)")
 
 
 def define_multihost_flags(values: flags.FlagValues) -> None:

@@ -12,8 +12,6 @@ signal stops at once without saving.
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +32,7 @@ from slas_jax.cli import (
     Command,
     Exit,
     Parsed,
+    StopSignals,
     define_multihost_flags,
     one_line,
     warn,
@@ -154,13 +153,13 @@ def train(config: Config) -> Outcome:
             warn(line)
         if resume.finished:
             return Outcome(history_records(tc.output_dir), finished=resume.line)
-        with _StopSignals() as stop:
+        with StopSignals() as stop:
             return _train(config, checkpointer, resume, stop)
     finally:
         checkpointer.close()  # the last save written and sealed, also when the run failed
 
 
-def _train(config: Config, checkpointer: Checkpointer, resume: Resume, stop: _StopSignals) -> Outcome:
+def _train(config: Config, checkpointer: Checkpointer, resume: Resume, stop: StopSignals) -> Outcome:
     tc = config.train
     try:
         mesh = parallel.make_mesh(data=config.mesh.data, fsdp=config.mesh.fsdp, tensor=config.mesh.tensor)
@@ -402,33 +401,6 @@ def nonfinite_line(config: Config, record: dict[str, float], step: int, failures
         f"step {step}: reward {config.reward.name!r} gave {count} non-finite rewards of "
         f"{config.train.prompts_per_step * config.train.group_size}; fix the reward or {fix}"
     )
-
-
-class _StopSignals:
-    """Turns SIGTERM (what a preempted TPU VM / Kubernetes pod receives) and SIGINT (Ctrl-C) into a checked
-    flag, ``raised`` (the signal's name; "" while none came), so the loop finishes the step in flight, saves
-    and exits instead of dying mid-write and losing the steps since the last checkpoint. A second signal
-    ends the process at once, as it would have without this handler. The previous handlers come back on
-    exit."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __enter__(self) -> _StopSignals:
-        self.raised = ""
-        self.previous = {sig: signal.signal(sig, self._set) for sig in self.SIGNALS}
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-    def _set(self, signum: int, _frame: object) -> None:
-        if self.raised:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        self.raised = signal.Signals(signum).name
-        tqdm.write(f"{self.raised}: stopping after this step and saving (send it again to stop now, unsaved)")
 
 
 def train_command(parsed: Parsed) -> str | Exit:

@@ -43,7 +43,7 @@ import optax
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
-from slas_jax.cli import Command, Parsed
+from slas_jax.cli import EXIT_STOPPED, Command, Exit, Parsed, StopSignals
 from slas_jax.config import (
     Config,
     describe_config,
@@ -313,6 +313,10 @@ def evaluate(
 # The run
 
 
+class Stopped(Exception):
+    """A signal stopped the pretraining after saving its state; the message says where and how to go on."""
+
+
 STATE_SUFFIX = ".state"
 """``<output_dir><STATE_SUFFIX>``: the folder of a pretraining run's resumable state."""
 
@@ -420,31 +424,42 @@ def train(
         initial=start,
         total=pc.steps,
     )
-    # A stop (Ctrl-C, an error) still lets the save in flight finish.
-    try:
-        for i in bar:
-            # The step is dispatched asynchronously: the next batch renders on the host while the device trains.
-            images, prompts = render_batch(specs, pc.seed, i, pc.batch_size)
-            trainable, average, opt_state, loss = step(
-                trainable,
-                average,
-                opt_state,
-                images,
-                bundle.tokenize(prompts),
-                jax.random.fold_in(base_key, i),
-                jnp.asarray(i, jnp.float32),
-            )
-            if i % pc.log_every == 0 or i == pc.steps - 1:
-                losses.append((i, float(loss)))
-                if not np.isfinite(losses[-1][1]):
-                    raise FloatingPointError(
-                        f"loss became {losses[-1][1]} at step {i}; lower pretrain.learning_rate"
-                    )
-                bar.set_postfix(loss=f"{losses[-1][1]:.4f}")
-            if pc.checkpoint_every and (i + 1) % pc.checkpoint_every == 0 and i + 1 < pc.steps:
-                saved.save(i + 1, (trainable, average, opt_state), losses)
-    finally:
-        saved.close()
+    # SIGTERM / Ctrl-C end the step in flight and save it; an error still lets the save in flight finish.
+    done = start
+    with StopSignals() as stop:
+        try:
+            for i in bar:
+                # The step is dispatched asynchronously: the next batch renders on the host while the device trains.
+                images, prompts = render_batch(specs, pc.seed, i, pc.batch_size)
+                trainable, average, opt_state, loss = step(
+                    trainable,
+                    average,
+                    opt_state,
+                    images,
+                    bundle.tokenize(prompts),
+                    jax.random.fold_in(base_key, i),
+                    jnp.asarray(i, jnp.float32),
+                )
+                if i % pc.log_every == 0 or i == pc.steps - 1:
+                    losses.append((i, float(loss)))
+                    if not np.isfinite(losses[-1][1]):
+                        raise FloatingPointError(
+                            f"loss became {losses[-1][1]} at step {i}; lower pretrain.learning_rate"
+                        )
+                    bar.set_postfix(loss=f"{losses[-1][1]:.4f}")
+                done = i + 1
+                due = pc.checkpoint_every and done % pc.checkpoint_every == 0
+                if done < pc.steps and (due or stop.raised):
+                    saved.save(done, (trainable, average, opt_state), losses)
+                if stop.raised and done < pc.steps:
+                    break
+        finally:
+            saved.close()
+    if stop.raised and done < pc.steps:
+        raise Stopped(
+            f"stopped by {stop.raised} after step {done} of {pc.steps}; saved in {saved.folder}: run the same "
+            "command to continue"
+        )
     trainable = jax.block_until_ready(average if pc.ema_decay else trainable)
     bundle = dataclasses.replace(
         bundle, params=trainable["backbone"], frozen={**bundle.frozen, "text": trainable["text"]}
@@ -479,10 +494,13 @@ def run(config: Config, pc: PretrainConfig, *, command: str = "", progress: bool
     return metadata
 
 
-def pretrain_command(parsed: Parsed) -> str:
+def pretrain_command(parsed: Parsed) -> str | Exit:
     """The command's body: validated configs -> pretraining, evaluation, checkpoint -> summary line."""
     config, pc = load_pretrain_config(parsed.config)
-    metadata = run(config, pc, command=" ".join([COMMAND.prog, *sys.argv[1:]]))
+    try:
+        metadata = run(config, pc, command=" ".join([COMMAND.prog, *sys.argv[1:]]))
+    except Stopped as e:
+        return Exit(str(e), EXIT_STOPPED)
     summary = ", ".join(
         f"{split} strict {m['strict']:.3f} partial {m['partial']:.3f}"
         for split, m in metadata["eval"].items()

@@ -3,8 +3,10 @@ is bit for bit, the shipped checkpoints load into the bundles their configs buil
 line naming the fix."""
 
 import dataclasses
+import os
 import re
 import runpy
+import signal
 from pathlib import Path
 
 import jax
@@ -113,27 +115,32 @@ def test_regeneration_is_bit_for_bit(smoke_run, tmp_path):
 
 
 def test_a_stopped_pretraining_continues_bit_for_bit(smoke_run, tmp_path, monkeypatch):
+    """SIGTERM during step 3 of 6: the step finishes, its state is saved (checkpoints every 4 steps would
+    have lost it) and the run stops in one line; the same command then ends bit for bit as an uninterrupted
+    run, and removes the state."""
     config, pc, _ = smoke_run
     if config.model.family != "flux":
         pytest.skip("one family suffices")
-    pc = dataclasses.replace(pc, steps=4, checkpoint_every=2, eval_samples_per_prompt=0)
+    pc = dataclasses.replace(pc, steps=6, checkpoint_every=4, eval_samples_per_prompt=0)
     straight = pretrain.run(
         config, dataclasses.replace(pc, output_dir=str(tmp_path / "straight")), progress=False
     )
     stopped = dataclasses.replace(pc, output_dir=str(tmp_path / "stopped"))
     render = pretrain.render_batch
 
-    def stop_at_step_3(specs, seed, step, batch_size):
-        if step == 3:
-            raise KeyboardInterrupt
+    def signal_at_step_2(specs, seed, step, batch_size):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
         return render(specs, seed, step, batch_size)
 
-    monkeypatch.setattr(pretrain, "render_batch", stop_at_step_3)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(pretrain, "render_batch", signal_at_step_2)
+    with pytest.raises(
+        pretrain.Stopped, match=r"^stopped by SIGTERM after step 3 of 6; saved in .*: run the same"
+    ):
         pretrain.run(config, stopped, progress=False)
     monkeypatch.setattr(pretrain, "render_batch", render)
     state = tmp_path / f"stopped{pretrain.STATE_SUFFIX}"
-    assert (state / "2").is_dir() and not (tmp_path / "stopped").exists()
+    assert (state / "3").is_dir() and not (tmp_path / "stopped").exists()
     with pytest.raises(ConfigError, match="another configuration; remove it"):
         pretrain.train(config, dataclasses.replace(stopped, seed=1), progress=False)
     resumed = pretrain.run(config, stopped, progress=False)
