@@ -240,28 +240,14 @@ def stream_records(num_records: int, positions: np.ndarray, seed: int) -> np.nda
     return out
 
 
-def batch_at(
-    source: Sequence[dict[str, Any]],
-    batch_size: int,
-    index: int,
-    *,
-    seed: int,
-    process_index: int = 0,
-    process_count: int = 1,
-) -> PromptBatch:
-    """The global batch of ``batch_size`` prompts at stream positions [index, index + batch_size), of which this
-    process takes the contiguous slice number ``process_index`` of ``process_count``."""
-    if batch_size <= 0 or batch_size % process_count:
-        raise ValueError(
-            f"batch_size {batch_size} must be a positive multiple of process_count {process_count}"
-        )
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index {process_index} must be in [0, {process_count})")
+def batch_at(source: Sequence[dict[str, Any]], batch_size: int, index: int, *, seed: int) -> PromptBatch:
+    """The batch of ``batch_size`` prompts at stream positions [index, index + batch_size) (on a pod each
+    process then keeps its own rows: ``parallel.process_rows``)."""
+    if batch_size <= 0:
+        raise ValueError(f"batch_size {batch_size} must be positive")
     if index < 0:
         raise ValueError(f"stream index {index} must be >= 0")
-    local = batch_size // process_count
-    start = index + process_index * local
-    ids = stream_records(len(source), np.arange(start, start + local), seed)
+    ids = stream_records(len(source), np.arange(index, index + batch_size), seed)
     rows = source.__getitems__(ids.tolist())
     return PromptBatch(
         index=index,
@@ -269,22 +255,3 @@ def batch_at(
         prompts=[row["prompt"].decode() for row in rows],
         metadata=[json.loads(row["metadata"]) for row in rows],
     )
-
-
-def prompt_batches(
-    source: Sequence[dict[str, Any]],
-    batch_size: int,
-    *,
-    seed: int,
-    start_index: int = 0,
-    process_index: int = 0,
-    process_count: int = 1,
-) -> Iterator[PromptBatch]:
-    """Endless batches from stream position ``start_index`` (prompts consumed so far, e.g. the train state's
-    data index), ``batch_size`` prompts per global batch; see ``batch_at``."""
-    index = start_index
-    while True:
-        yield batch_at(
-            source, batch_size, index, seed=seed, process_index=process_index, process_count=process_count
-        )
-        index += batch_size

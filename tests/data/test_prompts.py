@@ -105,43 +105,25 @@ def test_each_epoch_visits_every_record_once_in_a_seeded_order():
     assert not np.array_equal(ids, prompts.stream_records(7, np.arange(21), seed=4))
 
 
-def test_resuming_from_a_stream_position_reproduces_the_batches(train_source):
-    stream = prompts.prompt_batches(train_source, 48, seed=0)
-    first = [next(stream) for _ in range(12)]  # 576 prompts: crosses two epoch boundaries of 268
+def test_a_batch_is_addressed_by_its_stream_position(train_source):
+    """A resumed run reads the batch at its data index: the same prompts as a run that never stopped."""
+    first = [prompts.batch_at(train_source, 48, 48 * k, seed=0) for k in range(12)]  # 2 epoch boundaries
     assert [b.index for b in first] == list(range(0, 576, 48))
-    resumed = prompts.prompt_batches(train_source, 48, seed=0, start_index=first[7].index)
-    for expected in first[7:]:
-        batch = next(resumed)
-        assert batch.index == expected.index and batch.prompts == expected.prompts
-        np.testing.assert_array_equal(batch.ids, expected.ids)
+    ids = np.concatenate([b.ids for b in first])
+    np.testing.assert_array_equal(ids, prompts.stream_records(len(train_source), np.arange(576), 0))
+    again = prompts.batch_at(train_source, 48, first[7].index, seed=0)
+    assert again.prompts == first[7].prompts
     assert first[0].prompts == [train_source[int(i)]["prompt"].decode() for i in first[0].ids]
     assert first[0].metadata[0] == json.loads(train_source[int(first[0].ids[0])]["metadata"])
 
 
-@pytest.mark.parametrize("process_count", [2, 4])
-def test_processes_take_disjoint_slices_of_the_global_batch(train_source, process_count):
-    whole = prompts.batch_at(train_source, 16, 256, seed=1)
-    parts = [
-        prompts.batch_at(train_source, 16, 256, seed=1, process_index=p, process_count=process_count)
-        for p in range(process_count)
-    ]
-    assert all(len(p.prompts) == 16 // process_count and p.index == 256 for p in parts)
-    np.testing.assert_array_equal(np.concatenate([p.ids for p in parts]), whole.ids)
-    assert [text for p in parts for text in p.prompts] == whole.prompts
-
-
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"process_count": 3}, "positive multiple of process_count 3"),
-        ({"process_index": 2, "process_count": 2}, "process_index 2 must be in"),
-        ({"index": -1}, "must be >= 0"),
-    ],
+    ("kwargs", "message"), [({"batch_size": 0}, "must be positive"), ({"index": -1}, "must be >= 0")]
 )
 def test_bad_stream_arguments_are_one_clear_line(train_source, kwargs, message):
-    arguments = {"index": 0, "seed": 0, **kwargs}
+    arguments = {"batch_size": 16, "index": 0, "seed": 0, **kwargs}
     with pytest.raises(ValueError, match=message):
-        prompts.batch_at(train_source, 16, **arguments)
+        prompts.batch_at(train_source, **arguments)
 
 
 def test_shapes_source_feeds_the_trainer(data_dir):
