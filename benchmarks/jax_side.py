@@ -143,7 +143,7 @@ class JaxSide:
             ("matmul", self._matmul, self._matmul_args),
             ("rollout", self._rollout, (state.params, state.frozen, self.batch, key)),
             ("step", self._step, (state, self.batch, key)),
-            ("slice", self._slice, (state.params, state.ref_params, *self._slice_args)),
+            ("slice", self._slice, (*grpo.split_trained(state.params, state.ref_params), *self._slice_args)),
         ):
             self.compiled[name], seconds[name] = _timed_compile(jitted, *args)
         return seconds
@@ -162,7 +162,8 @@ class JaxSide:
         jax.block_until_ready((self.state.params, metrics))
 
     def run_slice(self) -> None:
-        out = self.compiled["slice"](self.state.params, self.state.ref_params, *self._slice_args)
+        trained, fixed = grpo.split_trained(self.state.params, self.state.ref_params)
+        out = self.compiled["slice"](trained, fixed, *self._slice_args)
         jax.block_until_ready(out)
 
     def rollout_calls(self) -> tuple[int, int]:
