@@ -77,7 +77,7 @@ def experiments_command(parsed: Parsed, argv: list[str]) -> str:
     flag = parsed.flags
     summary = ""
     if not flag["report-only"].value:
-        started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        started, commit = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), report.git_commit()
         with grid_lock(out):
             check_record(out, grid_record(grid, cells), flag["allow-changed-grid"].value)
             runner = Runner(
@@ -98,7 +98,12 @@ def experiments_command(parsed: Parsed, argv: list[str]) -> str:
         report.record_sitting(
             out,
             command,
-            {"started": started, "minutes": round(outcome.seconds / 60, 2), "finished": outcome.finished_now},
+            {
+                "commit": commit,
+                "started": started,
+                "minutes": round(outcome.seconds / 60, 2),
+                "finished": outcome.finished_now,
+            },
         )
     report_dir = Path(grid["report_dir"]) if grid.get("report_dir") else None
     written = report.write_report(out, plans, grid.get("report") or {}, command, report_dir)

@@ -165,8 +165,9 @@ def context_of(labels: Mapping[str, str], settings: Mapping[str, Any]) -> str:
 
 
 def _halfway(runs: Sequence[Run], window: int) -> float:
-    """Halfway from the runs' mean first-step training reward to their median final one."""
-    first = np.mean([run.curve("reward_mean")[0] for run in runs])
+    """Halfway from the runs' mean training reward over the first ``window`` steps to their median over the
+    last ``window`` (one step's rollouts are a few prompts, too noisy a start)."""
+    first = np.mean([np.nanmean(run.curve("reward_mean")[:window]) for run in runs])
     last = np.median([_last_window(run.curve("reward_mean"), window) for run in runs])
     return float(first + 0.5 * (last - first))
 
@@ -291,7 +292,8 @@ def compare(
     return Comparison(claim, *names, measure, effect, mde, verdict, seeds)
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
+    """The checkout's short commit hash ("unknown" outside a git checkout)."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
@@ -302,9 +304,9 @@ def _git_commit() -> str:
 
 
 def record_sitting(out: Path, command: str, outcome: Mapping[str, Any]) -> None:
-    """Appends one sitting of the grid (its command, commit, start, minutes and cells finished) to
-    ``out/sittings.jsonl``, which the report sums into the grid's wall time."""
-    record = {"command": command, "commit": _git_commit(), **outcome}
+    """Appends one sitting of the grid (``outcome``: its commit and start, minutes and cells finished) with
+    its command to ``out/sittings.jsonl``, which the report sums into the grid's wall time."""
+    record = {"command": command, **outcome}
     with (out / SITTINGS).open("a") as f:
         f.write(json.dumps(record) + "\n")
 
@@ -360,7 +362,7 @@ def write_report(
     lines = [
         f"# Experiment report: {out.name}",
         "",
-        f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} at commit `{_git_commit()}` by "
+        f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} at commit `{git_commit()}` by "
         f"`{command}`. {len(runs)} of {len(plans)} cells finished; only finished cells count. "
         + _sittings(out),
         "",

@@ -113,13 +113,14 @@ def test_per_prompt_scores_of_the_last_evaluation_give_categories_and_the_report
     record_sitting(
         out,
         "python -m slas_jax.experiments --config grid.py",
-        {"started": "2026-12-03 10:00 UTC", "minutes": 90.0, "finished": 4},
+        {"commit": "abc1234", "started": "2026-12-03 10:00 UTC", "minutes": 90.0, "finished": 4},
     )
     settings = {"control": "dance", "treatments": ("slas",), "window": 1, "n_boot": 200}
     path = write_report(out, plans, settings, "grid", report_dir=published)
     assert path == published / "report.md" and (published / "curves.png").is_file()
     report = path.read_text()
     assert "1 sitting(s) of `python -m slas_jax.experiments --config grid.py`, 1.5 h of wall time" in report
+    assert "at commit(s) `abc1234`" in report
     assert "| method-dance | train | two_object | 2 | 0.400 [0.400, 0.400] |" in report
     assert "| method-slas | train | counting | 2 | 0.800 [0.800, 0.800] |" in report
     rows = {line.split(" | ")[3]: line for line in report.splitlines() if line.startswith("| claim 5")}
