@@ -63,6 +63,22 @@ def test_shapes_variants_select_backbone_reward_and_method(variant, family, rewa
     assert config.train.output_dir.startswith("runs/shapes_")
 
 
+def test_the_large_variant_is_the_larger_flow_base_with_the_same_rl_settings():
+    small, large = (load_config(get_config("shapes_cpu.py", v)) for v in ("dance_grpo", "large,dance_grpo"))
+    assert large.model.init_checkpoint == "checkpoints/shapes_flow_large"
+    base = get_config("shapes_pretrain_flow_large.py")
+    assert large.model.architecture["num_layers"] == base.model.architecture.num_layers == 4
+    assert large.model.architecture["num_single_layers"] == 4 and small.model.architecture["num_layers"] == 2
+    assert (large.sampler, large.loss, large.optim, large.train.num_steps) == (
+        small.sampler,
+        small.loss,
+        small.optim,
+        small.train.num_steps,
+    )
+    with pytest.raises(ValueError, match="only \\['flow'\\] has a larger base model"):
+        get_config("shapes_cpu.py", "unet,large")
+
+
 def test_unknown_shapes_variant_names_the_choices():
     with pytest.raises(ValueError, match="unknown shapes_cpu variant 'fluxx'"):
         get_config("shapes_cpu.py", "fluxx")
