@@ -226,10 +226,10 @@ def test_shipped_checkpoints_load_into_their_configs(name):
         runpy.run_path(str(ROOT / "configs" / f"shapes_pretrain_{name}.py"))["get_config"]()
     )
     metadata = read_metadata(folder)
-    # Read as load_policy reads it: fields added to the model section since the folder was written (LoRA,
-    # frozen_dtype) take their defaults, which describe the shipped model.
+    # Read as load_policy reads it: fields added since the folder was written (the model's LoRA and
+    # frozen_dtype, pretrain.checkpoint_every) take their defaults, which describe the shipped model.
     assert json_ready(from_mapping(ModelConfig, metadata["model"])) == json_ready(config.model)
-    assert metadata["pretrain"] == json_ready(pc)
+    assert json_ready(from_mapping(pretrain.PretrainConfig, metadata["pretrain"])) == json_ready(pc)
     assert restored_hash(config, folder) == metadata["params_sha256"]
     # The base model is imperfect on purpose, but not useless.
     assert 0.05 < metadata["eval"]["train"]["strict"] < 0.8
