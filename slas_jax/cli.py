@@ -170,9 +170,8 @@ class StopSignals:
     """Turns SIGTERM (what a preempted TPU VM / Kubernetes pod receives) and SIGINT (Ctrl-C) into a checked
     flag, ``raised`` (the signal's name; "" while none came), so a training loop (RL, pretraining) finishes
     the step in flight, saves and exits instead of dying mid-write and losing the steps since the last
-    checkpoint. A second signal
-    ends the process at once, as it would have without this handler. The previous handlers come back on
-    exit."""
+    checkpoint. A second signal ends the process at once, as it would have without this handler. The
+    previous handlers come back on exit."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

@@ -280,6 +280,11 @@ class Comparison:
     seeds: tuple[int, int]
 
 
+def _per_seed(values: np.ndarray) -> np.ndarray:
+    """(seeds,) or (seeds, prompts) -> (seeds,): each seed's mean over the prompts."""
+    return values.mean(1) if values.ndim == 2 else values
+
+
 def compare(
     claim: str, measure: str, direction: str, treat: np.ndarray | None, ctrl: np.ndarray | None, names, n_boot
 ) -> Comparison:
@@ -289,7 +294,7 @@ def compare(
         return Comparison(claim, *names, measure, None, float("nan"), "not tested", (0, 0))
     seeds = (len(treat), len(ctrl))
     effect = stats.bootstrap_difference(treat, ctrl, n_boot=n_boot)
-    per_seed = (treat.mean(1) if treat.ndim == 2 else treat, ctrl.mean(1) if ctrl.ndim == 2 else ctrl)
+    per_seed = (_per_seed(treat), _per_seed(ctrl))
     mde = stats.minimum_detectable_effect(stats.pooled_std(*per_seed), *seeds)
     verdict = stats.verdict(effect, direction) if min(seeds) >= 2 else "not tested (one seed)"
     return Comparison(claim, *names, measure, effect, mde, verdict, seeds)
@@ -479,13 +484,13 @@ def _scaling(groups, values, settings) -> list[Comparison]:
     (T_big - C_big) - (T_small - C_small), with its interval and MDE (that of the two-arm test scaled by the
     contrast's larger variance, sum of 1/seeds over the four arms)."""
     size_axis, seed_axis, method_axis = settings["size_axis"], settings["seed_axis"], settings["method_axis"]
-    if not any(size_axis in m[0].plan.cell.labels for m in groups.values()):
-        return []
     sizes = list(
         dict.fromkeys(
             m[0].plan.cell.labels[size_axis] for m in groups.values() if size_axis in m[0].plan.cell.labels
         )
     )
+    if not sizes:
+        return []
     rows = []
     for name, members in groups.items():
         labels = {k: v for k, v in members[0].plan.cell.labels.items() if k != seed_axis}
@@ -523,7 +528,7 @@ def _scaling(groups, values, settings) -> list[Comparison]:
                 continue
             seeds = [len(d) for d in data]
             effect = stats.bootstrap_contrast(data, (1.0, -1.0, -1.0, 1.0), n_boot=settings["n_boot"])
-            per_seed = [d.mean(1) if d.ndim == 2 else d for d in data]
+            per_seed = [_per_seed(d) for d in data]
             spread = np.sqrt(
                 np.mean(
                     [
