@@ -350,20 +350,19 @@ class TrainingState:
         step = manager.latest_step()
         if step is None:
             return 0, fresh, []
-        leaves, treedef = jax.tree.flatten(fresh)
-        abstract = {str(n): jax.ShapeDtypeStruct(x.shape, x.dtype) for n, x in enumerate(leaves)}
-        restored = manager.restore(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), extra=ocp.args.JsonRestore()),
-        )
-        if restored.extra["fingerprint"] != self.fingerprint:
+        # The configs first: another model's arrays would not even restore into this one's shapes.
+        extra = manager.restore(step, args=ocp.args.Composite(extra=ocp.args.JsonRestore())).extra
+        if extra["fingerprint"] != self.fingerprint:
             raise ConfigError(
                 f"{self.folder} holds the state of a pretraining run with another configuration; remove it to "
                 "start afresh, or run the configuration it came from"
             )
+        leaves, treedef = jax.tree.flatten(fresh)
+        abstract = {str(n): jax.ShapeDtypeStruct(x.shape, x.dtype) for n, x in enumerate(leaves)}
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
         print(f"resumed from step {step} in {self.folder}", file=sys.stderr)
         state = jax.tree.unflatten(treedef, [restored.state[str(n)] for n in range(len(leaves))])
-        return step, state, [(int(s), float(v)) for s, v in restored.extra["losses"]]
+        return step, state, [(int(s), float(v)) for s, v in extra["losses"]]
 
     def save(self, step: int, state: Any, losses: Sequence[tuple[int, float]]) -> None:
         """Saves the state after ``step`` steps (in the background: the next steps run meanwhile)."""
@@ -388,7 +387,8 @@ class TrainingState:
 def train(
     config: Config, pc: PretrainConfig, *, progress: bool = True
 ) -> tuple[PipelineBundle, dict[str, Any], list[tuple[int, float]]]:
-    """Pretrains from scratch, or continues the run saved in ``<output_dir>.state``; returns the bundle with the trained weights (their moving average when
+    """Pretrains from scratch, or continues the run saved in ``<output_dir>.state``; returns the bundle with
+    the trained weights (their moving average when
     ``ema_decay`` is set), those weights as {"backbone", "text"} and the loss readings [(step, loss)] every
     ``log_every`` steps and at the end."""
     bundle = build_pipeline(

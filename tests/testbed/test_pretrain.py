@@ -143,6 +143,10 @@ def test_a_stopped_pretraining_continues_bit_for_bit(smoke_run, tmp_path, monkey
     assert (state / "3").is_dir() and not (tmp_path / "stopped").exists()
     with pytest.raises(ConfigError, match="another configuration; remove it"):
         pretrain.train(config, dataclasses.replace(stopped, seed=1), progress=False)
+    deeper = {**config.model.architecture, "num_layers": 2}
+    other_model = dataclasses.replace(config, model=dataclasses.replace(config.model, architecture=deeper))
+    with pytest.raises(ConfigError, match="another configuration; remove it"):
+        pretrain.train(other_model, stopped, progress=False)
     resumed = pretrain.run(config, stopped, progress=False)
     assert resumed["params_sha256"] == straight["params_sha256"]
     assert resumed["loss"] == straight["loss"]
