@@ -3,6 +3,13 @@ reward with the pixel ground truth beside it (configs/shapes_cpu.py: flow backbo
 
     python -m slas_jax.experiments --config configs/experiments/paper_claims.py --max-minutes 90   # repeat
 
+and commit what a sitting finished (the report, its plots, the grid's records and the finished cells'
+folders; their checkpoints are git-ignored, and a half-done cell is left out, since a later sitting on a
+fresh clone could not resume it without its checkpoints):
+
+    d=docs/results/paper_claims; git add $d/report.md $d/*.png $d/samples $d/runs/grid.json \
+      $d/runs/sittings.jsonl $(dirname $d/runs/*/done.json)
+
 Blocks (42 cells of 150 steps, 3 seeds each; DanceGRPO and SLAS (gamma 1) on the flow backbone over their
 3 seeds first, then seed 0 of every block before any seed 1):
 - every method on the flow backbone at the demo's learning rate (1e-4): DanceGRPO with its eps 1e-8,
@@ -48,7 +55,9 @@ def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = "paper_claims"
     c.base = "configs/shapes_cpu.py"
-    c.out = "runs/experiments/paper_claims"
+    # The run folders are committed beside the report (their checkpoints and the compile cache are
+    # git-ignored), so that a grid worked off over sittings on different machines keeps its finished cells.
+    c.out = "docs/results/paper_claims/runs"
     c.report_dir = "docs/results/paper_claims"
     # 150 steps of 4 prompts x 8 samples (hacking needs time to show; half the demo's prompts per step so
     # that the grid fits a few sittings), the fixed sets (64 prompts x 2 samples each) evaluated every 30
