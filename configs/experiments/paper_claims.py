@@ -3,7 +3,8 @@ reward with the pixel ground truth beside it (configs/shapes_cpu.py: flow backbo
 
     python -m slas_jax.experiments --config configs/experiments/paper_claims.py --max-minutes 90   # repeat
 
-and commit what a sitting finished (the report, its plots, the grid's records and the finished cells'
+(``--start-within 60`` instead ends the sitting after the cell running at 60 minutes, with nothing half
+done), and commit what a sitting finished (the report, its plots, the grid's records and the finished cells'
 folders; their checkpoints are git-ignored, and a half-done cell is left out, since a later sitting on a
 fresh clone could not resume it without its checkpoints):
 

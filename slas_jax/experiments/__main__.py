@@ -1,5 +1,5 @@
 """Command line: ``python -m slas_jax.experiments --config configs/experiments/<name>.py [--max-minutes M]
-[--parallel N] [--report-only] [--allow-changed-grid] [--config.out=DIR]``.
+[--start-within S] [--parallel N] [--report-only] [--allow-changed-grid] [--config.out=DIR]``.
 
 Runs a grid of training runs (method x gamma x seed x backbone x model size x learning rate, as the grid
 config says: :mod:`slas_jax.experiments.grid`), one folder per cell under ``config.out``, each cell the
@@ -8,6 +8,8 @@ training CLI in its own process, then writes ``report.md`` with its plots from t
 Rerun the same command to continue: finished cells are kept, half-done ones resume from their checkpoints.
 ``--max-minutes`` stops starting cells after the budget and stops the running ones cleanly (they
 checkpoint), so a long grid is worked off in several sittings; Ctrl-C does the same (twice: kill them).
+``--start-within`` starts cells only in the sitting's first S minutes and lets the running ones finish, so
+that a sitting ends between cells (a machine that does not outlive the sitting keeps no half-done cell).
 The grid's cells are written to ``<out>/grid.json`` on the first run; a later run of a changed grid is
 refused unless ``--allow-changed-grid``. ``--report-only`` writes the report from what is there.
 """
@@ -35,6 +37,12 @@ def define_flags(values: flags.FlagValues) -> None:
         "max-minutes",
         None,
         "Budget of this sitting in minutes (none: until the grid is done).",
+        flag_values=values,
+    )
+    flags.DEFINE_float(
+        "start-within",
+        None,
+        "Start cells only in the first S minutes of this sitting; the running ones then finish.",
         flag_values=values,
     )
     flags.DEFINE_integer("parallel", 1, "Cells running at once, each in its own process.", flag_values=values)
@@ -84,6 +92,7 @@ def experiments_command(parsed: Parsed, argv: list[str]) -> str:
                 plans,
                 parallel=flag["parallel"].value,
                 max_minutes=flag["max-minutes"].value,
+                start_within=flag["start-within"].value,
                 env=None if CACHE_VARIABLE in os.environ else {CACHE_VARIABLE: str((out / CACHE).absolute())},
             )
             outcome = runner.run(progress=flag["progress"].value)

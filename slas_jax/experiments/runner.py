@@ -195,8 +195,10 @@ def grid_lock(out: Path) -> Iterator[None]:
 
 
 class Runner:
-    """Works off ``plans`` with up to ``parallel`` cells at a time, within ``max_minutes`` (None: no budget).
-    ``env``: extra environment of the cells."""
+    """Works off ``plans`` with up to ``parallel`` cells at a time, within ``max_minutes`` (None: no budget),
+    starting cells only within the first ``start_within`` minutes (None: until the budget; the running
+    cells then finish, so a sitting on a machine that will not outlive it ends between cells and wastes no
+    half-done cell). ``env``: extra environment of the cells."""
 
     def __init__(
         self,
@@ -204,15 +206,18 @@ class Runner:
         *,
         parallel: int = 1,
         max_minutes: float | None = None,
+        start_within: float | None = None,
         env: dict[str, str] | None = None,
     ):
         if parallel < 1:
             raise ConfigError(f"--parallel must be >= 1, got {parallel}")
-        if max_minutes is not None and max_minutes < 0:
-            raise ConfigError(f"--max-minutes must be >= 0, got {max_minutes}")
+        for flag, minutes in (("max-minutes", max_minutes), ("start-within", start_within)):
+            if minutes is not None and minutes < 0:
+                raise ConfigError(f"--{flag} must be >= 0, got {minutes}")
         self.plans = list(plans)
         self.parallel = parallel
         self.max_minutes = max_minutes
+        self.start_within = start_within
         self.env = {**os.environ, **(env or {})}
         self.stop_reason: str | None = None
         self.kill = False
@@ -250,6 +255,7 @@ class Runner:
         """Runs until every cell is done, the budget is spent or a signal arrives; returns the outcome."""
         started = time.monotonic()
         deadline = None if self.max_minutes is None else started + 60 * self.max_minutes
+        last_start = None if self.start_within is None else started + 60 * self.start_within
         outcome = Outcome(total=len(self.plans))
         pending = [plan for plan in self.plans if not is_done(plan)]
         running: list[Job] = []
@@ -278,7 +284,13 @@ class Runner:
                         job.process.kill()
                 if stopping and not running:
                     break
-                while not stopping and pending and len(running) < self.parallel:
+                starting = last_start is None or time.monotonic() < last_start
+                if not starting and not running:
+                    self.stop_reason = (
+                        self.stop_reason or f"started no cell after {self.start_within:g} minutes"
+                    )
+                    break
+                while not stopping and starting and pending and len(running) < self.parallel:
                     plan = pending.pop(0)
                     phase = self._next_phase(plan, None)
                     if phase is None:

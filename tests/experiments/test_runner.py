@@ -148,6 +148,19 @@ def test_the_budget_stops_the_running_cell_cleanly_and_starts_no_other(tmp_path)
     assert last_logged_step(tmp_path / "a") == 49
 
 
+def test_after_the_start_window_the_running_cell_finishes_and_no_other_starts(tmp_path):
+    plans = [FakePlan(tmp_path, "a", 10, 0.1), FakePlan(tmp_path, "b", 2, 0.1)]
+    outcome = Runner(plans, start_within=0.005).run(progress=False)
+    assert outcome.stopped == "started no cell after 0.005 minutes"
+    assert (outcome.done, outcome.half) == (1, 0)
+    assert not (tmp_path / "a" / "terminated").exists() and last_logged_step(tmp_path / "a") == 9
+    assert not (tmp_path / "b").exists()
+    with pytest.raises(ConfigError, match="--start-within must be >= 0, got -1"):
+        Runner(plans, start_within=-1)
+    finished = Runner(plans, start_within=10).run(progress=False)
+    assert (finished.done, finished.stopped) == (2, None)
+
+
 def test_a_cell_does_not_outlive_a_killed_runner(tmp_path):
     """SIGKILL of the runner (no chance to forward anything): its cell gets SIGTERM from the kernel
     (PR_SET_PDEATHSIG), finishes its step and stops, so no orphan keeps writing into the folder."""
