@@ -223,7 +223,7 @@ def test_rl_run_exports_its_policy_every_n_steps(smoke_run, tmp_path):
     assert params_hash({"backbone": policy.params, "text": policy.frozen["text"]}) == hashes[1]
 
 
-@pytest.mark.parametrize("name", ["flow", "unet"])
+@pytest.mark.parametrize("name", ["flow", "unet", "flow_large"])
 def test_shipped_checkpoints_load_into_their_configs(name):
     folder = ROOT / "checkpoints" / f"shapes_{name}"
     config, pc = pretrain.load_pretrain_config(
